@@ -1,0 +1,3 @@
+"""oqcluster: provision and verify OpenQuake-style zmq compute clusters."""
+
+__version__ = "0.1.0"
