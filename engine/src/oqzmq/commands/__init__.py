@@ -1,0 +1,1 @@
+"""Subcommands of ``oqz``: one module per command, see :mod:`oqzmq.cli`."""

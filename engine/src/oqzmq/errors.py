@@ -1,0 +1,19 @@
+"""Exceptions shared by the engine's modules."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem the user can fix (bad argument, service not running); shown without traceback."""
+
+
+class TaskError(RuntimeError):
+    """A task failed: the message names the task, the host and carries the remote traceback."""
+
+
+class WorkerLost(TaskError):
+    """A worker process or a whole workerpool vanished while running tasks."""
+
+
+class PortsExhausted(UserError):
+    """Every receiver port of ``[dbserver] receiver_ports`` is taken by a live calculation."""
