@@ -155,7 +155,7 @@ def _calc_from_row(row: Sequence[Any]) -> Calc:
 
 
 class CalcDB:
-    """Access to the calculation database. One instance per thread."""
+    """Access to the calculation database: use one instance from one thread at a time."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -326,7 +326,12 @@ class CalcDB:
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level="DEFERRED")
+        conn = sqlite3.connect(
+            path,
+            timeout=BUSY_TIMEOUT_MS / 1000,
+            isolation_level="DEFERRED",
+            check_same_thread=False,  # handed between threads, never used by two at once
+        )
         conn.execute("PRAGMA journal_mode = WAL")
     except (OSError, sqlite3.Error) as exc:
         raise DbError(

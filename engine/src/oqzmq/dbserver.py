@@ -1,0 +1,430 @@
+"""The dbserver: the master's single gateway to the calculation database.
+
+Protocol: a zmq ROUTER socket on ``[dbserver] listen``:``port``. Every request and every
+reply is one JSON frame signed with :mod:`oqzmq.auth` (a MAC keyed from ``[dbserver]
+authkey``, with replay protection); nothing is unpickled, and a message that fails
+authentication is logged and answered only with a fixed, unsigned refusal so that a client
+holding the wrong key gets a clear error instead of a timeout.
+
+Request: ``{"id": N, "cmd": "list_calcs", "user": "alice", "args": {...}}``.
+Reply: ``{"id": N, "ok": true, "result": ...}`` or ``{"id": N, "ok": false, "error": "..."}``.
+
+With ``OQ_DATABASE=local`` the client runs the same actions in-process on the SQLite file
+(single machine, no server), like the reference engine's ``OQ_DATABASE=local``.
+
+``multi_user``: users see and change only their own calculations; the service accounts in
+:data:`ADMIN_USERS` see all. The user name is declared by the client: every holder of the
+cluster key is trusted to state it, exactly as in the reference engine.
+"""
+
+from __future__ import annotations
+
+import getpass
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from oqzmq import __version__
+from oqzmq.auth import AuthError, Signer, Verifier
+from oqzmq.config import Config
+from oqzmq.db import ACTIVE, Calc, CalcDB, DbError, TaskTiming
+from oqzmq.errors import UserError
+
+log = logging.getLogger("oqzmq.dbserver")
+
+ADMIN_USERS = frozenset({"root", "openquake"})
+DEFAULT_DB_FILE = "~/oqdata/db.sqlite3"
+REFUSAL = b"oqzmq-dbserver: authentication failed"
+START_HINT = "start it with `oqz dbserver start` (or `systemctl start openquake-dbserver`)"
+MAX_LIST = 10_000
+
+
+class DbServerError(UserError):
+    """The dbserver is unreachable, refused us, or could not honour a request."""
+
+
+def db_file(config: Config) -> Path:
+    """The SQLite file of ``[dbserver] file`` (the reference engine's default when unset)."""
+    return Path(config.db_file or DEFAULT_DB_FILE).expanduser()
+
+
+def channels(config: Config) -> tuple[str, str]:
+    """MAC channels of requests and replies. By port, not address: listen may be 0.0.0.0."""
+    return f"dbserver:{config.db_port}", f"dbserver-reply:{config.db_port}"
+
+
+def current_user() -> str:
+    return getpass.getuser()
+
+
+# actions: what the dbserver can do, independent of the transport
+
+
+class Forbidden(DbError):
+    """A user asked for another user's calculation in a multi_user cluster."""
+
+
+@dataclass
+class Actions:
+    """Runs one request against the database, enforcing multi_user ownership."""
+
+    db: CalcDB
+    multi_user: bool = False
+    on_stop: Callable[[], None] | None = None
+    server_user: str = ""
+
+    def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        request_id = request.get("id")
+        try:
+            cmd, user, args = _parse_request(request)
+            action = getattr(self, f"do_{cmd}", None)
+            if action is None:
+                raise DbError(f"unknown command {cmd!r}: this dbserver is oqz {__version__}")
+            result = action(user, **args)
+        except (TypeError, ValueError) as exc:
+            return {"id": request_id, "ok": False, "error": f"bad arguments: {exc}"}
+        except DbError as exc:
+            return {"id": request_id, "ok": False, "error": str(exc)}
+        except sqlite3.Error as exc:
+            log.exception("database error on %r", request.get("cmd"))
+            return {"id": request_id, "ok": False, "error": f"database error: {exc}"}
+        return {"id": request_id, "ok": True, "result": result}
+
+    def _sees_all(self, user: str) -> bool:
+        return not self.multi_user or user in ADMIN_USERS
+
+    def _owned(self, user: str, calc_id: int) -> Calc:
+        calc = self.db.get_calc(int(calc_id))
+        if not self._sees_all(user) and calc.user_name != user:
+            raise Forbidden(
+                f"calculation {calc.id} belongs to {calc.user_name}: in a multi_user cluster "
+                "you can only see and change your own calculations"
+            )
+        return calc
+
+    def do_ping(self, user: str) -> dict[str, Any]:
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "db": str(self.db.path),
+            "multi_user": self.multi_user,
+            "user": user,
+        }
+
+    def do_stop(self, user: str) -> str:
+        if user not in {"root", self.server_user} or self.on_stop is None:
+            raise Forbidden(f"only root or {self.server_user or 'its owner'} may stop the dbserver")
+        self.on_stop()
+        return "stopping"
+
+    def do_create_calc(
+        self,
+        user: str,
+        description: str = "",
+        calculation_mode: str = "",
+        host: str = "",
+        pid: int = 0,
+    ) -> dict[str, Any]:
+        calc = self.db.create_calc(user, description, calculation_mode, host, int(pid))
+        return calc.to_json()
+
+    def do_get_calc(self, user: str, calc_id: int) -> dict[str, Any]:
+        return self._owned(user, calc_id).to_json()
+
+    def do_list_calcs(
+        self, user: str, limit: int = 100, offset: int = 0, owner: str | None = None
+    ) -> dict[str, Any]:
+        if not self._sees_all(user):
+            owner = user
+        limit = max(0, min(int(limit), MAX_LIST))
+        calcs = self.db.list_calcs(owner, limit, int(offset))
+        return {"total": self.db.count_calcs(owner), "calcs": [c.to_json() for c in calcs]}
+
+    def do_set_status(self, user: str, calc_id: int, status: str) -> dict[str, Any]:
+        self._owned(user, calc_id)
+        return self.db.set_status(int(calc_id), status).to_json()
+
+    def do_request_abort(self, user: str, calc_id: int) -> dict[str, Any]:
+        self._owned(user, calc_id)
+        return self.db.request_abort(int(calc_id)).to_json()
+
+    def do_add_logs(self, user: str, calc_id: int, records: list[list[Any]]) -> dict[str, Any]:
+        calc = self._owned(user, calc_id)
+        added = self.db.add_logs(calc.id, records)
+        # the reply doubles as the abort channel of the running calculation
+        return {"added": added, "abort_requested": self.db.get_calc(calc.id).abort_requested}
+
+    def do_get_logs(
+        self, user: str, calc_id: int, after_id: int = 0, limit: int = 10_000
+    ) -> list[dict[str, Any]]:
+        calc = self._owned(user, calc_id)
+        limit = max(0, min(int(limit), MAX_LIST))
+        return [r.to_json() for r in self.db.get_logs(calc.id, int(after_id), limit)]
+
+    def do_set_traceback(self, user: str, calc_id: int, traceback: str) -> None:
+        self.db.set_traceback(self._owned(user, calc_id).id, str(traceback))
+
+    def do_get_traceback(self, user: str, calc_id: int) -> str | None:
+        return self._owned(user, calc_id).traceback
+
+    def do_set_datastore(self, user: str, calc_id: int, datastore: str) -> None:
+        self.db.set_datastore(self._owned(user, calc_id).id, str(datastore))
+
+    def do_add_tasks(self, user: str, calc_id: int, tasks: list[dict[str, Any]]) -> int:
+        calc = self._owned(user, calc_id)
+        try:
+            timings = [TaskTiming(**task) for task in tasks]
+        except TypeError as exc:
+            fields = ", ".join(TaskTiming.__dataclass_fields__)
+            raise DbError(f"a task timing has the fields {fields}: {exc}") from exc
+        return self.db.add_tasks(calc.id, timings)
+
+    def do_get_tasks(self, user: str, calc_id: int) -> list[dict[str, Any]]:
+        return [t.to_json() for t in self.db.get_tasks(self._owned(user, calc_id).id)]
+
+    def do_blocking_calcs(self, user: str, calc_id: int, serialize_jobs: int) -> list[int]:
+        """Ids of the older active calculations that calc_id must wait for (serialize_jobs)."""
+        calc = self._owned(user, calc_id)
+        if int(serialize_jobs) <= 0:
+            return []
+        older = [c.id for c in self.db.active_calcs() if c.id < calc.id and c.status in ACTIVE]
+        # at most serialize_jobs calculations run at once, first come first served
+        return older if len(older) >= int(serialize_jobs) else []
+
+
+def _parse_request(request: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    cmd, user, args = request.get("cmd"), request.get("user"), request.get("args", {})
+    if not isinstance(cmd, str) or not isinstance(user, str) or not isinstance(args, dict):
+        raise DbError('a request needs "cmd" (string), "user" (string) and "args" (object)')
+    if not user:
+        raise DbError("the request does not name its user")
+    return cmd, user, args
+
+
+# the server
+
+
+class DbServer:
+    """Serves :class:`Actions` on a ROUTER socket until :meth:`stop` (or SIGTERM/SIGINT)."""
+
+    POLL_MS = 200
+
+    def __init__(self, config: Config, db_path: Path | None = None) -> None:
+        authkey = config.require_authkey()
+        self.config = config
+        self.address = f"tcp://{config.db_listen}:{config.db_port}"
+        request_channel, reply_channel = channels(config)
+        self._verifier = Verifier(authkey, request_channel)
+        self._signer = Signer(authkey, reply_channel)
+        self._stopping = threading.Event()
+        self._db = CalcDB(db_path or db_file(config))
+        self.actions = Actions(self._db, config.multi_user, self.stop, current_user())
+        self._context = zmq.Context()
+        self._socket = self._bind()
+
+    def _bind(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 1000)
+        try:
+            sock.bind(self.address)
+        except zmq.ZMQError as exc:
+            sock.close(0)
+            self._context.term()
+            self._db.close()
+            raise DbServerError(
+                f"cannot listen on {self.address}: {exc.strerror}. Is a dbserver already "
+                "running (`oqz dbserver status`)? Otherwise check [dbserver] listen/port in "
+                f"{self.config.source}"
+            ) from exc
+        return sock
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        log.info("dbserver %s listening on %s, database %s (multi_user=%s)",
+                 __version__, self.address, self._db.path, self.config.multi_user)
+        if ready is not None:
+            ready()
+        try:
+            while not self._stopping.is_set():
+                if self._socket.poll(self.POLL_MS):
+                    self._serve_one(self._socket.recv_multipart(copy=False))
+        finally:
+            self.close()
+            log.info("dbserver stopped")
+
+    def close(self) -> None:
+        self._socket.close(linger=1000)
+        self._context.term()
+        self._db.close()
+
+    def _serve_one(self, message: list[zmq.Frame]) -> None:
+        identity, frames = message[0], message[1:]
+        try:
+            payload = self._verifier.verify(frames)
+        except AuthError as exc:
+            peer = _peer_address(message[-1])
+            log.warning("refused a message from %s: %s", peer, exc)
+            self._socket.send_multipart([identity, REFUSAL])
+            return
+        reply = self._reply_to(payload)
+        self._socket.send_multipart([identity, *self._signer.sign([reply])])
+
+    def _reply_to(self, payload: list[memoryview]) -> bytes:
+        try:
+            request = json.loads(bytes(payload[0])) if len(payload) == 1 else None
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            response = {"id": None, "ok": False, "error": "a request is one JSON object frame"}
+        else:
+            response = self.actions.handle(request)
+        return json.dumps(response).encode()
+
+
+def _peer_address(frame: zmq.Frame) -> str:
+    try:
+        return frame.get("Peer-Address")
+    except (zmq.ZMQError, AttributeError):
+        return "an unknown peer"
+
+
+def serve(config: Config, db_path: Path | None = None) -> None:
+    """Run the dbserver in the foreground until SIGTERM or SIGINT: what systemd starts."""
+    from oqzmq.sdnotify import notify
+
+    server = DbServer(config, db_path)
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        notify("STOPPING=1")
+        server.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server.serve_forever(ready=lambda: notify("READY=1"))
+
+
+# the client
+
+
+class DbClient:
+    """Calls the dbserver (or, with ``OQ_DATABASE=local``, the database directly).
+
+    Thread-safe: calls are serialised, which also keeps the signed counters in order.
+    """
+
+    def __init__(
+        self, config: Config, timeout: float = 10.0, user: str | None = None
+    ) -> None:
+        self.config = config
+        self.timeout = timeout
+        self.user = user or current_user()
+        self.address = f"tcp://{config.db_host}:{config.db_port}"
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._local: Actions | None = None
+        self._socket: zmq.Socket | None = None
+        if os.environ.get("OQ_DATABASE") == "local":
+            self._local = Actions(CalcDB(db_file(config)), config.multi_user)
+            return
+        authkey = config.require_authkey()
+        request_channel, reply_channel = channels(config)
+        self._signer = Signer(authkey, request_channel)
+        self._verifier = Verifier(authkey, reply_channel)
+        self._context = zmq.Context.instance()
+
+    @property
+    def where(self) -> str:
+        if self._local is not None:
+            return f"the local database {self._local.db.path} (OQ_DATABASE=local)"
+        return f"the dbserver at {self.address}"
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        request = {"id": next(self._ids), "cmd": cmd, "user": self.user, "args": args}
+        with self._lock:
+            if self._local is not None:
+                response = self._local.handle(request)
+            else:
+                response = self._exchange(request)
+        if not response.get("ok"):
+            raise DbServerError(f"{self.where}: {response.get('error')}")
+        return response.get("result")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._socket is not None:
+                self._socket.close(linger=0)
+                self._socket = None
+            if self._local is not None:
+                self._local.db.close()
+
+    def __enter__(self) -> DbClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _connected(self) -> zmq.Socket:
+        if self._socket is None:
+            sock = self._context.socket(zmq.DEALER)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self.address)
+            self._socket = sock
+        return self._socket
+
+    def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        sock = self._connected()
+        sock.send_multipart(self._signer.sign([json.dumps(request).encode()]))
+        deadline = time.monotonic() + self.timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sock.poll(int(remaining * 1000) + 1):
+                break
+            response = self._read_reply(sock.recv_multipart())
+            if response.get("id") == request["id"]:
+                return response
+            # a late answer to an earlier request that timed out: skip it
+        self._drop_socket()
+        raise DbServerError(
+            f"{self.where} did not answer within {self.timeout:g} s: is it running? "
+            f"{START_HINT}; `oqz dbserver status` checks it. Its address comes from "
+            f"[dbserver] host/port in {self.config.source}"
+        )
+
+    def _read_reply(self, frames: list[bytes]) -> dict[str, Any]:
+        if frames == [REFUSAL]:
+            raise DbServerError(
+                f"{self.where} refused our authentication: the [dbserver] authkey in "
+                f"{self.config.source} differs from the dbserver's; use the cluster's "
+                "openquake.cfg (OQ_CONFIG_FILE) or re-run provisioning"
+            )
+        try:
+            payload = self._verifier.verify(frames)
+            return json.loads(bytes(payload[0]))
+        except (AuthError, ValueError, IndexError) as exc:
+            raise DbServerError(f"{self.where} sent an invalid reply: {exc}") from exc
+
+    def _drop_socket(self) -> None:
+        if self._socket is not None:
+            self._socket.close(linger=0)
+            self._socket = None
+
+
+def ping(config: Config, timeout: float = 3.0) -> dict[str, Any]:
+    """The dbserver's identity if it answers an authenticated ping; DbServerError otherwise."""
+    with DbClient(config, timeout=timeout) as client:
+        return client.call("ping")
