@@ -47,6 +47,7 @@ class Config:
 
     path: Path | None = None
     distribute: str = "processpool"
+    serialize_jobs: int = 1  # at most this many calculations execute at once; 0 = no limit
     multi_user: bool = False
     db_file: str = ""
     db_listen: str = "127.0.0.1"
@@ -174,6 +175,9 @@ def _parse_file(path: Path) -> Config:
     return Config(
         path=path,
         distribute=_check_distribute(distribute, where("distribution", "oq_distribute")),
+        serialize_jobs=_to_serialize_jobs(
+            get("distribution", "serialize_jobs", "true"), where("distribution", "serialize_jobs")
+        ),
         multi_user=_to_bool(
             get("dbserver", "multi_user", "false"), where("dbserver", "multi_user")
         ),
@@ -216,6 +220,18 @@ def _to_bool(text: str, where: str) -> bool:
     if lowered in {"false", "no", "off", "0"}:
         return False
     raise ConfigError(f"{where} = {text!r}: use true or false")
+
+
+def _to_serialize_jobs(text: str, where: str) -> int:
+    """The reference engine's semantics: true = 1 calculation at a time, false = no limit."""
+    if text.lower() in {"true", "yes", "on"}:
+        return 1
+    if text.lower() in {"false", "no", "off"}:
+        return 0
+    count = _to_int(text, where)
+    if count < 0:
+        raise ConfigError(f"{where} = {text!r}: use true, false or a number of calculations >= 0")
+    return count
 
 
 def _replace(config: Config, **changes: object) -> Config:
