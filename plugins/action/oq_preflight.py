@@ -1,0 +1,69 @@
+"""Action plugin `oq_preflight`: the oqcluster inventory rules, run on the control node.
+
+Used by playbooks/preflight.yml before any host is touched. It applies exactly the rules of
+`oqcluster check` (oqcluster.rules, loaded through oqcluster.inventory) to the play's
+hostvars, with the oq role defaults underneath, and fails with one line per problem.
+
+Options:
+  defaults: path of roles/oq/defaults/main.yml (required)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible.utils.display import Display
+
+display = Display()
+
+
+def _import_oqcluster() -> tuple[Any, Any]:
+    """oqcluster's inventory and rules modules, from the venv or this checkout's src/."""
+    try:
+        from oqcluster import inventory, rules
+    except ImportError:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
+        from oqcluster import inventory, rules
+    return inventory, rules
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+
+    def run(self, tmp: Any = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        defaults_path = self._task.args.get("defaults")
+        if not defaults_path or not Path(defaults_path).is_file():
+            raise AnsibleActionFail(
+                f"oq_preflight: defaults={defaults_path!r} is not a file; pass the path of "
+                "roles/oq/defaults/main.yml"
+            )
+        inventory, rules = _import_oqcluster()
+        hostvars = task_vars["hostvars"]
+        cluster = inventory.cluster_data(
+            groups=task_vars["groups"],
+            raw_vars=hostvars.raw_get,
+            defaults=inventory.load_defaults(self._loader, Path(defaults_path)),
+            loader=self._loader,
+            extra={"hostvars": hostvars},
+        )
+        problems = rules.validate(cluster)
+        for problem in problems:
+            display.error(f"inventory: {problem}")
+        result["changed"] = False
+        result["problems"] = [str(problem) for problem in problems]
+        if problems:
+            result["failed"] = True
+            result["msg"] = (
+                f"{len(problems)} inventory problem(s), listed above as [ERROR] lines; "
+                "nothing was changed on any host. `oqcluster check -i INV` shows the same."
+            )
+        else:
+            result["msg"] = f"inventory OK: {len(cluster.workers)} worker(s)"
+        return result

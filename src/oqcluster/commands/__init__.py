@@ -1,0 +1,1 @@
+"""The oqcluster subcommands; each module exposes `add_parser(subparsers)` (see oqcluster.cli)."""

@@ -1,0 +1,75 @@
+"""What the subcommands share: the -i option, loading, and how problems are shown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from oqcluster.inventory import Inventory, InventoryError
+from oqcluster.project import Project, ProjectNotFound, find_project
+from oqcluster.rules import Problem
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class CommandError(RuntimeError):
+    """A failure the user fixes by changing the command line or the environment."""
+
+
+def add_inventory_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-i", "--inventory", action="append", required=True, metavar="INV",
+        help="inventory file or directory, any format Ansible reads (repeatable)",
+    )
+
+
+def load(args: argparse.Namespace) -> tuple[Project, Inventory]:
+    """The project and the inventory named by -i, or a CommandError that says what to do."""
+    try:
+        project = find_project()
+        return project, Inventory(list(args.inventory), project.defaults)
+    except (ProjectNotFound, InventoryError) as error:
+        raise CommandError(str(error)) from error
+
+
+def stdout() -> Console:
+    return Console(highlight=False)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+def print_problems(console: Console, problems: Sequence[Problem]) -> None:
+    for problem in problems:
+        where = f"[bold]{escape(problem.host)}[/] · {escape(problem.variable)}"
+        console.print(f"[bold red]✗[/] {where}")
+        console.print(f"    {escape(problem.message)}")
+        console.print(f"    [cyan]fix:[/] {escape(problem.fix)}")
+
+
+def problems_json(problems: Sequence[Problem]) -> str:
+    return json.dumps(
+        [
+            {"host": p.host, "variable": p.variable, "message": p.message, "fix": p.fix}
+            for p in problems
+        ],
+        indent=2,
+    )
+
+
+def fail(message: str) -> int:
+    stderr().print(f"[bold red]error:[/] {escape(message)}")
+    return EXIT_USAGE
+
+
+def write_stdout(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()

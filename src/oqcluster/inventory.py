@@ -1,0 +1,145 @@
+"""Inventories loaded through Ansible's own API, with the role defaults underneath.
+
+`Inventory` is what the CLI uses: InventoryManager + VariableManager + DataLoader, so every
+inventory format and plugin works, and roles/oq/defaults/main.yml as the lowest-precedence
+layer, exactly like a role's defaults. `cluster_data` turns any host-variable source into the
+plain `ClusterData` the rules check; the preflight action plugin calls it with the play's
+hostvars, so `oqcluster check` and the preflight see the same values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from oqcluster.rules import GENERATED, MASTER_GROUP, WORKERS_GROUP, ClusterData, HostSettings
+
+if TYPE_CHECKING:
+    from ansible.parsing.dataloader import DataLoader
+
+# Per-host variables the rules read besides the role defaults.
+PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
+
+RawVars = Callable[[str], Mapping[str, Any]]
+
+
+class InventoryError(RuntimeError):
+    """The inventory cannot be loaded at all (missing file, parse error, no hosts)."""
+
+
+def load_defaults(loader: DataLoader, path: Path) -> dict[str, Any]:
+    """The role defaults file, loaded as Ansible loads it (its templates stay trusted)."""
+    data = loader.load_from_file(str(path))
+    if not isinstance(data, dict):
+        raise InventoryError(f"{path} must be a mapping of variables")
+    return data
+
+
+def evaluate_host(
+    name: str,
+    raw_vars: Mapping[str, Any],
+    defaults: Mapping[str, Any],
+    loader: DataLoader,
+    extra: Mapping[str, Any] | None = None,
+) -> HostSettings:
+    """The host's settings the rules need, templated under the host's own variables."""
+    from ansible.errors import AnsibleError
+    from ansible.template import Templar
+    from ansible.utils.vars import combine_vars
+
+    variables = combine_vars(defaults, raw_vars)
+    if extra:
+        variables = combine_vars(variables, extra)
+    templar = Templar(loader=loader, variables=variables)
+    values: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    for key in _variables_to_check(defaults, variables):
+        if key == "oq_authkey" and _is_generated_secret(variables[key], defaults):
+            values[key] = GENERATED  # evaluating it would write the secret file: not in a check
+            continue
+        try:
+            values[key] = templar.template(variables[key])
+        except AnsibleError as error:
+            errors[key] = error.message if hasattr(error, "message") else str(error)
+    return HostSettings(name=name, values=values, errors=errors)
+
+
+def _variables_to_check(defaults: Mapping[str, Any], variables: Mapping[str, Any]) -> list[str]:
+    wanted = [*defaults, *PER_HOST_VARIABLES]
+    return [key for key in dict.fromkeys(wanted) if key in variables]
+
+
+def _is_generated_secret(value: Any, defaults: Mapping[str, Any]) -> bool:
+    return "oq_authkey" in defaults and value == defaults["oq_authkey"]
+
+
+def cluster_data(
+    groups: Mapping[str, Iterable[str]],
+    raw_vars: RawVars,
+    defaults: Mapping[str, Any],
+    loader: DataLoader,
+    extra: Mapping[str, Any] | None = None,
+) -> ClusterData:
+    """ClusterData for the hosts of the master and workers groups."""
+    masters = tuple(groups.get(MASTER_GROUP, ()))
+    workers = tuple(groups.get(WORKERS_GROUP, ()))
+    names = dict.fromkeys((*masters, *workers))
+    hosts = {name: evaluate_host(name, raw_vars(name), defaults, loader, extra) for name in names}
+    return ClusterData(masters=masters, workers=workers, hosts=hosts)
+
+
+class Inventory:
+    """An inventory as Ansible sees it, plus the oq role defaults."""
+
+    def __init__(self, sources: list[str], defaults_path: Path) -> None:
+        from ansible.inventory.manager import InventoryManager
+        from ansible.parsing.dataloader import DataLoader
+        from ansible.vars.hostvars import HostVars
+        from ansible.vars.manager import VariableManager
+
+        _require_sources(sources)
+        self.loader = DataLoader()
+        self.manager = InventoryManager(loader=self.loader, sources=sources)
+        self.variables = VariableManager(loader=self.loader, inventory=self.manager)
+        # Creating HostVars registers it with the VariableManager: `hostvars` in templates.
+        self.hostvars = HostVars(self.manager, self.variables, self.loader)
+        self.defaults = load_defaults(self.loader, defaults_path)
+        if not self.manager.list_hosts("all"):
+            raise InventoryError(f"no hosts found in {', '.join(sources)}")
+
+    @property
+    def groups(self) -> dict[str, list[str]]:
+        return {
+            name: [host.name for host in group.get_hosts()]
+            for name, group in self.manager.groups.items()
+        }
+
+    def host_names(self) -> list[str]:
+        return [host.name for host in self.manager.list_hosts("all")]
+
+    def raw_vars(self, name: str) -> dict[str, Any]:
+        """The host's variables as a task sees them, untemplated, without role defaults."""
+        host = self.manager.get_host(name)
+        if host is None:
+            raise InventoryError(f"host {name} is not in the inventory")
+        return self.variables.get_vars(host=host)
+
+    def task_vars(self, name: str) -> dict[str, Any]:
+        """The host's variables with the oq role defaults underneath, as in a role task."""
+        from ansible.utils.vars import combine_vars
+
+        return combine_vars(self.defaults, self.raw_vars(name))
+
+    def cluster_data(self) -> ClusterData:
+        return cluster_data(self.groups, self.raw_vars, self.defaults, self.loader)
+
+
+def _require_sources(sources: list[str]) -> None:
+    # "a,b," is Ansible's inline host list, not a path
+    missing = [source for source in sources if "," not in source and not Path(source).exists()]
+    if missing:
+        raise InventoryError(
+            f"inventory {', '.join(missing)} does not exist; pass -i with an inventory "
+            "file or directory (e.g. -i inventories/example)"
+        )

@@ -1,0 +1,494 @@
+"""Inventory validation rules: written once, used by `oqcluster check` and the preflight play.
+
+The rules see plain data only (`ClusterData`: group membership plus each host's evaluated
+oq_* variables), so they import nothing from Ansible and are cheap to test. Loading an
+inventory into that shape is `oqcluster.inventory`'s job; both `oqcluster check` and the
+Ansible action plugin `oq_preflight` (plugins/action/) go through it.
+
+Every problem names the host(s), the variable, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Any
+
+MASTER_GROUP = "master"
+WORKERS_GROUP = "workers"
+DISTRIBUTE_MODES = ("no", "processpool", "zmq")
+MIN_AUTHKEY_LENGTH = 32
+FIRST_UNPRIVILEGED_PORT = 1024
+MAX_PORT = 65535
+NFS_NOBODY_ID = 65534  # root-squashed NFS requests run as this id: never the openquake user's
+MAX_ID = 4294967294
+GENERATED = "<generated on the control node at provisioning>"
+
+# The variables every node must agree on: they end up in openquake.cfg or in shared state
+# (NFS ownership, exported paths), so a per-host override silently splits the cluster.
+CLUSTER_WIDE = (
+    "oq_user", "oq_group", "oq_uid", "oq_gid",
+    "oq_shared_dir", "oq_install_dir", "oq_venv_dir",
+    "oq_distribute", "oq_multi_user", "oq_dbserver_file", "oq_dbserver_port",
+    "oq_receiver_port_first", "oq_receiver_port_last", "oq_ctrl_port",
+    "oq_authkey", "oq_default_cores", "oq_soft_mem_limit", "oq_hard_mem_limit",
+)
+PORT_VARIABLES = (
+    "oq_dbserver_port", "oq_ctrl_port", "oq_webui_port",
+    "oq_receiver_port_first", "oq_receiver_port_last",
+)
+ABSOLUTE_PATHS = (
+    "oq_shared_dir", "oq_install_dir", "oq_venv_dir",
+    "oq_config_dir", "oq_state_dir", "oq_dbserver_file",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the inventory: where, which variable, what, and the fix."""
+
+    host: str
+    variable: str
+    message: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.variable}: {self.message}. Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A problem found in one host's settings, before it is attributed to host names."""
+
+    variable: str
+    message: str
+    fix: str
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """A host's evaluated variables, and the variables whose templating failed."""
+
+    name: str
+    values: Mapping[str, Any]
+    errors: Mapping[str, str] = field(default_factory=dict)
+
+    def explicit_address(self) -> str | None:
+        """The address set in the inventory (oq_address, then ansible_host), if any."""
+        for variable in ("oq_address", "ansible_host"):
+            value = self.values.get(variable)
+            if value not in (None, ""):
+                return str(value)
+        return None
+
+    def address(self) -> str:
+        """The address openquake.cfg uses for this host (same fallback as the template)."""
+        return self.explicit_address() or self.name
+
+
+@dataclass(frozen=True)
+class ClusterData:
+    """What the rules need: group membership and each cluster host's settings."""
+
+    masters: tuple[str, ...]
+    workers: tuple[str, ...]
+    hosts: Mapping[str, HostSettings]
+
+    def cluster_hosts(self) -> list[str]:
+        """Hosts of the master and workers groups, masters first, each once."""
+        return list(dict.fromkeys((*self.masters, *self.workers)))
+
+
+Resolver = Callable[[str], bool]
+
+
+def resolves(name: str) -> bool:
+    """True when `name` resolves on this (control) node."""
+    try:
+        socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        return False
+    return True
+
+
+def validate(cluster: ClusterData, resolve: Resolver = resolves) -> list[Problem]:
+    """Every problem of the inventory, in a stable order (groups first, then settings)."""
+    problems = list(_group_problems(cluster))
+    if not cluster.masters:
+        return problems  # without a master the address and settings rules have no anchor
+    problems += _templating_problems(cluster)
+    problems += _address_problems(cluster, resolve)
+    problems += _cores_problems(cluster)
+    problems += _agreement_problems(cluster)
+    problems += _merged_host_problems(cluster)
+    return problems
+
+
+# --- groups -------------------------------------------------------------------------------
+
+
+def _group_problems(cluster: ClusterData) -> Iterator[Problem]:
+    if len(cluster.masters) != 1:
+        found = ", ".join(cluster.masters) if cluster.masters else "none"
+        yield Problem(
+            host=", ".join(cluster.masters) or "(inventory)",
+            variable=f"group {MASTER_GROUP}",
+            message=f"exactly one host must be in group '{MASTER_GROUP}', found {found}",
+            fix=f"put exactly one host under '{MASTER_GROUP}' in the inventory",
+        )
+    if not cluster.workers:
+        yield Problem(
+            host="(inventory)",
+            variable=f"group {WORKERS_GROUP}",
+            message=f"group '{WORKERS_GROUP}' has no hosts",
+            fix=f"add at least one host under '{WORKERS_GROUP}' (the master may be one too)",
+        )
+
+
+def _templating_problems(cluster: ClusterData) -> Iterator[Problem]:
+    for name in cluster.cluster_hosts():
+        for variable, error in cluster.hosts[name].errors.items():
+            yield Problem(
+                host=name,
+                variable=variable,
+                message=f"cannot be evaluated: {error}",
+                fix=f"correct the value or template of {variable} for {name}",
+            )
+
+
+# --- addresses ----------------------------------------------------------------------------
+
+
+def _address_problems(cluster: ClusterData, resolve: Resolver) -> Iterator[Problem]:
+    master = cluster.hosts[cluster.masters[0]]
+    yield from _resolution_problem(
+        master, resolve, role="the master's address, which every worker connects to"
+    )
+    by_address: dict[str, list[str]] = defaultdict(list)
+    for name in cluster.workers:
+        worker = cluster.hosts[name]
+        address = worker.explicit_address()
+        if address is None:
+            yield Problem(
+                host=name,
+                variable="oq_address",
+                message="worker has no address (neither oq_address nor ansible_host is set)",
+                fix=f"set oq_address: <its IP on the cluster network> for {name}",
+            )
+            continue
+        by_address[address].append(name)
+        yield from _resolution_problem(
+            worker, resolve, role="in [zworkers] host_cores, which the master connects to"
+        )
+    yield from _duplicate_address_problems(by_address)
+
+
+def _resolution_problem(host: HostSettings, resolve: Resolver, role: str) -> Iterator[Problem]:
+    address = host.address()
+    if _is_ip(address) or resolve(address):
+        return
+    variable = "oq_address" if host.values.get("oq_address") else (
+        "ansible_host" if host.values.get("ansible_host") else "inventory_hostname"
+    )
+    yield Problem(
+        host=host.name,
+        variable=variable,
+        message=(
+            f"address '{address}' ({role}) is not an IP address and does not resolve "
+            "on the control node"
+        ),
+        fix=f"set oq_address: <IP address> for {host.name}, or make '{address}' resolvable "
+        "(DNS or /etc/hosts) on the control node and every cluster node",
+    )
+
+
+def _duplicate_address_problems(by_address: Mapping[str, list[str]]) -> Iterator[Problem]:
+    for address, names in by_address.items():
+        if len(names) > 1:
+            yield Problem(
+                host=", ".join(names),
+                variable="oq_address",
+                message=f"workers share the address {address}",
+                fix="give every worker its own oq_address (or ansible_host)",
+            )
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+# --- cores --------------------------------------------------------------------------------
+
+
+def _cores_problems(cluster: ClusterData) -> Iterator[Problem]:
+    for name in cluster.workers:
+        cores = cluster.hosts[name].values.get("oq_cores")
+        if cores is not None and not _valid_cores(cores):
+            yield Problem(
+                host=name,
+                variable="oq_cores",
+                message=f"must be -1 (all cores) or an integer >= 1, got {cores!r}",
+                fix=f"set oq_cores: -1 or a positive number of worker processes for {name}",
+            )
+    workers = set(cluster.workers)
+    for name in cluster.hosts:
+        if name not in workers and cluster.hosts[name].values.get("oq_cores") is not None:
+            yield Problem(
+                host=name,
+                variable="oq_cores",
+                message=f"host is not in group '{WORKERS_GROUP}', so it is not in "
+                "[zworkers] host_cores and its oq_cores is ignored",
+                fix=f"add {name} to '{WORKERS_GROUP}', or remove its oq_cores",
+            )
+
+
+def _valid_cores(value: Any) -> bool:
+    return _is_int(value) and (value == -1 or value >= 1)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# --- cluster-wide agreement -----------------------------------------------------------------
+
+
+def _agreement_problems(cluster: ClusterData) -> Iterator[Problem]:
+    hosts = cluster.cluster_hosts()
+    for variable in CLUSTER_WIDE:
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for name in hosts:
+            if variable in cluster.hosts[name].values:
+                by_value[repr(cluster.hosts[name].values[variable])].append(name)
+        if len(by_value) > 1:
+            found = "; ".join(f"{value} on {', '.join(names)}" for value, names in by_value.items())
+            yield Problem(
+                host=", ".join(hosts),
+                variable=variable,
+                message=f"must be the same on every node, found {found}",
+                fix=f"set {variable} once for the whole cluster (group_vars/all.yml), "
+                "not per host or per group",
+            )
+
+
+# --- per-host settings --------------------------------------------------------------------
+
+
+def _merged_host_problems(cluster: ClusterData) -> Iterator[Problem]:
+    """Run the per-host rules on every cluster host, naming each finding's hosts once."""
+    hosts = cluster.cluster_hosts()
+    holders: dict[Finding, list[str]] = defaultdict(list)
+    for name in hosts:
+        for finding in host_findings(cluster.hosts[name].values):
+            holders[finding].append(name)
+    for finding, names in holders.items():
+        label = "all hosts" if names == hosts and len(hosts) > 1 else ", ".join(names)
+        yield Problem(label, finding.variable, finding.message, finding.fix)
+
+
+def host_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    """Problems of one host's settings (types, ranges, cross-field rules)."""
+    for rule in HOST_RULES:
+        yield from rule(values)
+
+
+def _port_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    ports = {name: values[name] for name in PORT_VARIABLES if name in values}
+    bad = [name for name, port in ports.items() if not _valid_port(port)]
+    for name in bad:
+        yield Finding(
+            name,
+            f"must be an integer port in {FIRST_UNPRIVILEGED_PORT}..{MAX_PORT} (the services "
+            f"run as an unprivileged user), got {ports[name]!r}",
+            f"set {name} to a free port >= {FIRST_UNPRIVILEGED_PORT}",
+        )
+    if bad:
+        return  # the overlap rules below compare numbers
+    yield from _port_overlap_findings(ports, webui=bool(values.get("oq_webui_enabled", True)))
+
+
+def _port_overlap_findings(ports: Mapping[str, int], webui: bool) -> Iterator[Finding]:
+    first, last = ports.get("oq_receiver_port_first"), ports.get("oq_receiver_port_last")
+    if first is not None and last is not None and first > last:
+        yield Finding(
+            "oq_receiver_port_first",
+            f"receiver range {first}-{last} is empty (first > last)",
+            "set oq_receiver_port_first <= oq_receiver_port_last",
+        )
+    singles = ["oq_dbserver_port", "oq_ctrl_port"] + (["oq_webui_port"] if webui else [])
+    singles = [name for name in singles if name in ports]
+    for i, name in enumerate(singles):
+        for other in singles[i + 1:]:
+            if ports[name] == ports[other]:
+                yield Finding(
+                    name,
+                    f"{name} and {other} are both {ports[name]}",
+                    f"give {name} and {other} different ports",
+                )
+        if first is not None and last is not None and first <= ports[name] <= last:
+            yield Finding(
+                "oq_receiver_port_first",
+                f"receiver range {first}-{last} contains {name} ({ports[name]})",
+                f"move oq_receiver_port_first..oq_receiver_port_last off {ports[name]} "
+                f"(the defaults are 1912..1920), or change {name}",
+            )
+
+
+def _valid_port(value: Any) -> bool:
+    return _is_int(value) and FIRST_UNPRIVILEGED_PORT <= value <= MAX_PORT
+
+
+def _path_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    for name in ABSOLUTE_PATHS:
+        if name in values and not _is_absolute(values[name]):
+            yield Finding(
+                name, f"must be an absolute path, got {values[name]!r}",
+                f"set {name} to an absolute path such as /{str(values[name]).lstrip('./')}",
+            )
+    custom_tmp = values.get("oq_custom_tmp")
+    if custom_tmp not in (None, "") and not _is_absolute(custom_tmp):
+        yield Finding(
+            "oq_custom_tmp", f"must be empty or an absolute path, got {custom_tmp!r}",
+            'set oq_custom_tmp to an absolute path, or "" for the system default',
+        )
+    yield from _nesting_findings(values)
+
+
+def _nesting_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    install, venv, shared = (
+        values.get(name) for name in ("oq_install_dir", "oq_venv_dir", "oq_shared_dir")
+    )
+    if _is_absolute(install) and _is_absolute(venv) and not _strictly_under(venv, install):
+        yield Finding(
+            "oq_venv_dir",
+            f"{venv} is not inside oq_install_dir {install}, so the workers, which mount "
+            "oq_install_dir from the master, would not see the engine",
+            f"set oq_venv_dir to a directory under {install}, e.g. {install}/venv",
+        )
+    if _is_absolute(install) and _is_absolute(shared) and (
+        _under_or_same(shared, install) or _under_or_same(install, shared)
+    ):
+        yield Finding(
+            "oq_shared_dir",
+            f"{shared} and oq_install_dir {install} overlap; they are exported separately "
+            "(shared_dir read-write for the engine, install_dir read-only)",
+            "use two separate trees, e.g. /oq_shared and /opt/openquake",
+        )
+
+
+def _is_absolute(value: Any) -> bool:
+    return isinstance(value, str) and PurePosixPath(value).is_absolute()
+
+
+def _strictly_under(path: str, parent: str) -> bool:
+    inner, outer = PurePosixPath(path), PurePosixPath(parent)
+    return inner != outer and inner.is_relative_to(outer)
+
+
+def _under_or_same(path: str, parent: str) -> bool:
+    return PurePosixPath(path).is_relative_to(PurePosixPath(parent))
+
+
+def _identity_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    for name in ("oq_uid", "oq_gid"):
+        if name not in values:
+            continue
+        value = values[name]
+        if not _is_int(value) or not 1 <= value <= MAX_ID or value == NFS_NOBODY_ID:
+            yield Finding(
+                name,
+                f"must be an integer id in 1..{MAX_ID} other than {NFS_NOBODY_ID} "
+                f"(nobody, the id of root-squashed NFS requests), got {value!r}",
+                f"set {name} to an id free on every node (the default is 1909)",
+            )
+
+
+def _memory_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    soft, hard = values.get("oq_soft_mem_limit"), values.get("oq_hard_mem_limit")
+    if soft is None or hard is None:
+        return
+    if not (_is_number(soft) and _is_number(hard) and 0 < soft <= hard <= 100):
+        yield Finding(
+            "oq_soft_mem_limit",
+            f"memory limits must satisfy 0 < oq_soft_mem_limit <= oq_hard_mem_limit <= 100 "
+            f"(percent of RAM), got soft={soft!r}, hard={hard!r}",
+            "set e.g. oq_soft_mem_limit: 90 and oq_hard_mem_limit: 99",
+        )
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _choice_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    distribute = values.get("oq_distribute")
+    if distribute is not None and distribute not in DISTRIBUTE_MODES:
+        yield Finding(
+            "oq_distribute", f"must be one of {', '.join(DISTRIBUTE_MODES)}, got {distribute!r}",
+            "set oq_distribute: zmq for a cluster",
+        )
+    for name in ("oq_multi_user", "oq_webui_enabled"):
+        if name in values and not isinstance(values[name], bool):
+            yield Finding(
+                name, f"must be true or false, got {values[name]!r}",
+                f"set {name}: true or {name}: false (unquoted)",
+            )
+    if "oq_default_cores" in values and not _valid_cores(values["oq_default_cores"]):
+        yield Finding(
+            "oq_default_cores",
+            f"must be -1 (all cores) or an integer >= 1, got {values['oq_default_cores']!r}",
+            "set oq_default_cores: -1",
+        )
+
+
+def _authkey_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    key = values.get("oq_authkey")
+    if key is None or key == GENERATED:
+        return
+    fix = (
+        "remove oq_authkey from the inventory so a secret is generated in "
+        "<inventory>/credentials/oq_authkey, or set a vaulted random value of "
+        f"at least {MIN_AUTHKEY_LENGTH} characters"
+    )
+    if not isinstance(key, str) or key.strip().lower() == "changeme":
+        yield Finding("oq_authkey", "is the well-known placeholder or not a string", fix)
+    elif len(key) < MIN_AUTHKEY_LENGTH:
+        yield Finding(
+            "oq_authkey", f"is {len(key)} characters long, need at least {MIN_AUTHKEY_LENGTH}", fix
+        )
+
+
+def _user_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    for name in ("oq_user", "oq_group"):
+        value = values.get(name)
+        if value is not None and not _valid_account_name(value):
+            yield Finding(
+                name, f"is not a valid account name: {value!r}",
+                f"set {name} to lower-case letters, digits, '_' or '-' (e.g. openquake)",
+            )
+
+
+def _valid_account_name(value: Any) -> bool:
+    if not isinstance(value, str) or not value or len(value) > 32:
+        return False
+    allowed = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+    return (value[0].isalpha() or value[0] == "_") and set(value) <= allowed
+
+
+HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
+    _user_findings,
+    _identity_findings,
+    _path_findings,
+    _choice_findings,
+    _port_findings,
+    _memory_findings,
+    _authkey_findings,
+)
