@@ -1,0 +1,98 @@
+"""A calculation's lifecycle through the dbserver: logs, final status, abort, serialize_jobs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+import pytest
+from oqzmq import logs
+from oqzmq.config import Config
+from oqzmq.dbserver import DbClient, DbServerError
+from oqzmq.logs import calculation
+
+log = logging.getLogger("test.lifecycle")
+
+
+@pytest.fixture(autouse=True)
+def _info_logging() -> None:
+    logging.getLogger().setLevel(logging.INFO)
+
+
+@pytest.fixture
+def client(dbserver, config: Config):
+    with DbClient(config) as db_client:
+        yield db_client
+
+
+def test_a_successful_calculation_is_complete_with_its_logs(config: Config, client) -> None:
+    with calculation(config, description="demo", calculation_mode="demo") as calc:
+        assert client.call("get_calc", calc_id=calc.id)["status"] == "executing"
+        log.info("computing hazard curves")
+    record = client.call("get_calc", calc_id=calc.id)
+    messages = [r["message"] for r in client.call("get_logs", calc_id=calc.id)]
+    assert record["status"] == "complete" and record["description"] == "demo"
+    assert record["stop_time"] >= record["start_time"]
+    assert "computing hazard curves" in messages
+    assert messages[-1] == f"calculation {calc.id} complete"
+
+
+def test_a_failing_calculation_keeps_its_traceback(config: Config, client) -> None:
+    with pytest.raises(ValueError, match="bad site model"), calculation(config) as calc:
+        raise ValueError("bad site model")
+    assert client.call("get_calc", calc_id=calc.id)["status"] == "failed"
+    traceback = client.call("get_traceback", calc_id=calc.id)
+    assert "ValueError: bad site model" in traceback and "test_lifecycle.py" in traceback
+    errors = [r for r in client.call("get_logs", calc_id=calc.id) if r["level"] == "ERROR"]
+    assert errors and "bad site model" in errors[0]["message"]
+
+
+def test_an_abort_request_interrupts_the_running_calculation(config: Config, client) -> None:
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt), calculation(config) as calc:
+        client.call("request_abort", calc_id=calc.id)
+        while time.monotonic() - started < 10:
+            time.sleep(0.05)  # stands for a Starmap waiting on results
+    assert time.monotonic() - started < 3
+    assert client.call("get_calc", calc_id=calc.id)["status"] == "aborted"
+
+
+def test_a_second_calculation_waits_for_the_first_with_serialize_jobs(
+    config: Config, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "WAIT_SECONDS", 0.05)
+    first = client.call("create_calc", description="first")
+    client.call("set_status", calc_id=first["id"], status="executing")
+    entered = threading.Event()
+
+    def second() -> None:
+        with calculation(config, description="second"):
+            entered.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    time.sleep(0.5)
+    assert not entered.is_set()
+    waiting = client.call("list_calcs")["calcs"][0]
+    assert (waiting["description"], waiting["status"]) == ("second", "submitted")
+    client.call("set_status", calc_id=first["id"], status="complete")
+    thread.join(5)
+    assert entered.is_set()
+    assert client.call("get_calc", calc_id=waiting["id"])["status"] == "complete"
+
+
+def test_without_serialize_jobs_calculations_run_side_by_side(config: Config, client) -> None:
+    first = client.call("create_calc")
+    client.call("set_status", calc_id=first["id"], status="executing")
+    with calculation(replace(config, serialize_jobs=0)) as calc:
+        assert client.call("get_calc", calc_id=calc.id)["status"] == "executing"
+
+
+def test_no_dbserver_means_a_clear_error_before_anything_runs(config: Config) -> None:
+    with (
+        pytest.raises(DbServerError, match="oqz dbserver start"),
+        calculation(config, client=DbClient(config, timeout=0.3)),
+    ):
+        pytest.fail("the calculation must not start without its record")
