@@ -65,5 +65,6 @@ class ActionModule(ActionBase):
                 "nothing was changed on any host. `oqcluster check -i INV` shows the same."
             )
         else:
-            result["msg"] = f"inventory OK: {len(cluster.workers)} worker(s)"
+            result["msg"] = f"inventory OK: 1 master, {len(cluster.workers)} worker(s)"
+            display.display(f"oq_preflight: {result['msg']}")
         return result

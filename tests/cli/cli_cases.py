@@ -1,0 +1,21 @@
+"""The test inventories and what `check` and the preflight must say about each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+INVENTORIES = ROOT / "tests" / "inventories"
+
+# Each bad inventory and the (host, variable, words) its single problem must name.
+BAD_INVENTORIES = {
+    "two-masters": ("master1, master2", "group master", "exactly one host"),
+    "worker-without-address": ("worker2", "oq_address", "has no address"),
+    "relative-shared-dir": ("all hosts", "oq_shared_dir", "absolute path"),
+    "receiver-range-overlaps-1908": ("all hosts", "oq_receiver_port_first", "contains"),
+    "zero-cores": ("worker1", "oq_cores", "got 0"),
+    "unknown-host-in-host-cores": ("worker2", "oq_address", "does not resolve"),
+    "duplicate-worker-addresses": ("worker1, worker2", "oq_address", "share the address"),
+    "unresolvable-master": ("master1", "oq_address", "does not resolve"),
+}
+
