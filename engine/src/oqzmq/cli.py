@@ -34,7 +34,11 @@ from oqzmq import __version__
 from oqzmq.config import ConfigError
 from oqzmq.errors import UserError
 
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = [
+    "oqzmq.commands.run",
+    "oqzmq.commands.workers",
+    "oqzmq.commands.show",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

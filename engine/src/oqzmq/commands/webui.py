@@ -1,0 +1,41 @@
+"""``oqz webui start``: the optional web interface (JSON API + HTML pages), port 8800."""
+
+from __future__ import annotations
+
+import argparse
+
+from oqzmq.config import load_config
+from oqzmq.errors import UserError
+
+INSTALL_HINT = "pip install 'oq-zmq-engine[webui]' (it adds starlette, uvicorn and jinja2)"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "webui",
+        help="run the web interface (calculation list, logs, task timings; JSON API)",
+        description="A read-only web interface on the dbserver's records. Bind it to the "
+        "cluster network only: it has no login of its own.",
+    )
+    actions = parser.add_subparsers(dest="webui_action", metavar="ACTION", required=True)
+    start = actions.add_parser(
+        "start", help="run in the foreground (systemd: Type=notify), until SIGTERM"
+    )
+    start.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    start.add_argument("--port", type=int, default=8800, help="port (8800)")
+    start.set_defaults(handler=run_start)
+
+
+def run_start(args: argparse.Namespace) -> int:
+    try:
+        from oqzmq.webui.server import serve
+    except ImportError as exc:
+        raise UserError(f"the webui needs {exc.name}: {INSTALL_HINT}") from exc
+    config = load_config()
+    started = serve(config, args.host, args.port, workers_status_source(config))
+    return 0 if started else 1
+
+
+def workers_status_source(config: object) -> None:
+    """The workerpool status function, once the engine exposes one (None: the API says 503)."""
+    return None

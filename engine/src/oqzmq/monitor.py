@@ -1,0 +1,172 @@
+"""Performance monitoring: wall time, memory, bytes returned and counts, per task and per block.
+
+Every task receives a :class:`Monitor` as its last argument; ``with monitor('read sources'):``
+measures a named block. The worker sends the task's measurements back with its last message;
+the master's Monitor accumulates them and :meth:`Monitor.flush` writes two tables into the
+calculation's HDF5 datastore:
+
+``performance``  one row per operation (the task function and every named block):
+                 operation, time_sec (summed), memory_mb (peak RSS seen), counts, bytes, nresults
+``task_info``    one row per task: task_no, operation, host, pid, time_sec, memory_mb, bytes,
+                 nresults
+
+``memory_mb`` is the peak resident memory of the process that ran the block (``ru_maxrss``):
+what a sysadmin needs to size worker RAM.
+"""
+
+from __future__ import annotations
+
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import h5py
+import numpy as np
+
+PERFORMANCE_DTYPE = np.dtype(
+    [("operation", "S80"), ("time_sec", "f8"), ("memory_mb", "f8"), ("counts", "i8"),
+     ("bytes", "i8"), ("nresults", "i8")]
+)
+TASK_INFO_DTYPE = np.dtype(
+    [("task_no", "i8"), ("operation", "S80"), ("host", "S64"), ("pid", "i8"),
+     ("time_sec", "f8"), ("memory_mb", "f8"), ("bytes", "i8"), ("nresults", "i8")]
+)
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process in MB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@dataclass
+class OperationStats:
+    """Accumulated measurements of one operation."""
+
+    time_sec: float = 0.0
+    memory_mb: float = 0.0
+    counts: int = 0
+    bytes: int = 0
+    nresults: int = 0
+
+    def add(self, other: OperationStats) -> None:
+        self.time_sec += other.time_sec
+        self.memory_mb = max(self.memory_mb, other.memory_mb)
+        self.counts += other.counts
+        self.bytes += other.bytes
+        self.nresults += other.nresults
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """What one task cost and where it ran."""
+
+    task_no: int
+    operation: str
+    host: str
+    pid: int
+    time_sec: float
+    memory_mb: float
+    bytes: int
+    nresults: int
+
+
+@dataclass
+class Monitor:
+    """Measures blocks and tasks; the master's instance also collects the workers' figures.
+
+    ``hdf5path`` is the datastore to write into (None: keep in memory only). Pickling a
+    Monitor (it travels with every task) sends only its name: the worker fills a fresh one.
+    """
+
+    operation: str = "total"
+    hdf5path: str | Path | None = None
+    stats: dict[str, OperationStats] = field(default_factory=dict)
+    tasks: list[TaskRecord] = field(default_factory=list)
+    _flushed_tasks: int = 0
+
+    def __call__(self, operation: str) -> Block:
+        """A context manager measuring the named block into this monitor."""
+        return Block(self, operation)
+
+    def record(self, operation: str, stats: OperationStats) -> None:
+        self.stats.setdefault(operation, OperationStats()).add(stats)
+
+    def merge(self, stats: dict[str, OperationStats]) -> None:
+        for operation, value in stats.items():
+            self.record(operation, value)
+
+    def add_task(self, record: TaskRecord) -> None:
+        self.tasks.append(record)
+        self.record(record.operation, OperationStats(
+            record.time_sec, record.memory_mb, 1, record.bytes, record.nresults))
+
+    def child(self) -> Monitor:
+        """A fresh monitor for one task, carrying only the name."""
+        return Monitor(self.operation)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"operation": self.operation}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["operation"])  # type: ignore[misc]
+
+    def performance_table(self) -> np.ndarray:
+        rows = [(op.encode()[:80], s.time_sec, s.memory_mb, s.counts, s.bytes, s.nresults)
+                for op, s in sorted(self.stats.items())]
+        return np.array(rows, dtype=PERFORMANCE_DTYPE)
+
+    def flush(self) -> None:
+        """Write the performance table and the new task rows into the datastore."""
+        if self.hdf5path is None:
+            return
+        new_rows = np.array(
+            [(t.task_no, t.operation.encode()[:80], t.host.encode()[:64], t.pid, t.time_sec,
+              t.memory_mb, t.bytes, t.nresults) for t in self.tasks[self._flushed_tasks:]],
+            dtype=TASK_INFO_DTYPE,
+        )
+        with h5py.File(self.hdf5path, "a") as h5:
+            if "performance" in h5:
+                del h5["performance"]
+            h5.create_dataset("performance", data=self.performance_table())
+            if "task_info" not in h5:
+                h5.create_dataset("task_info", data=new_rows, maxshape=(None,), chunks=True)
+            else:
+                table = h5["task_info"]
+                start = table.shape[0]
+                table.resize((start + len(new_rows),))
+                table[start:] = new_rows
+        self._flushed_tasks = len(self.tasks)
+
+
+class Block:
+    """``with monitor('name'):`` - adds wall time, peak memory and one count to ``name``."""
+
+    def __init__(self, monitor: Monitor, operation: str) -> None:
+        self.monitor = monitor
+        self.operation = operation
+        self._start = 0.0
+
+    def __enter__(self) -> Block:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        elapsed = time.perf_counter() - self._start
+        self.monitor.record(self.operation, OperationStats(elapsed, peak_memory_mb(), 1))
+
+
+def read_performance(hdf5path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """The (performance, task_info) tables of a datastore."""
+    with h5py.File(hdf5path, "r") as h5:
+        if "performance" not in h5:
+            raise KeyError(f"{hdf5path} has no performance table (did the calculation run?)")
+        task_info = h5["task_info"][()] if "task_info" in h5 else np.zeros(0, TASK_INFO_DTYPE)
+        return h5["performance"][()], task_info

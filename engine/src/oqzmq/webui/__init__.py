@@ -1,0 +1,1 @@
+"""The optional webui (``pip install 'oq-zmq-engine[webui]'``): see :mod:`oqzmq.webui.app`."""

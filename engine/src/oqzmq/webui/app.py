@@ -1,0 +1,219 @@
+"""The webui application: a read-only JSON API and two HTML pages, fed by the dbserver.
+
+JSON API (the reference engine's paths):
+    /v1/calc/list                 calculations, newest first (?limit=100&offset=0&user=NAME);
+                                  the header X-Total-Count gives the total
+    /v1/calc/ID/status            one calculation
+    /v1/calc/ID/log               its log records (?after_id=N to follow a running log)
+    /v1/calc/ID/traceback         its traceback as a list of lines ([] when none)
+    /v1/calc/ID/tasks             its task timings (operation, host, seconds, memory, bytes)
+    /v1/workers/status            [[host, running, total], ...] like `oqz workers status`
+HTML: ``/`` (the list) and ``/calc/ID`` (log, traceback, task timing plot and table).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from oqzmq.dbserver import DbClient, DbServerError
+from oqzmq.webui.plot import task_chart
+
+HERE = Path(__file__).parent
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 10_000
+
+WorkersStatus = Callable[[], Sequence[Sequence[Any]]]
+
+
+def iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def public_calc(calc: dict[str, Any]) -> dict[str, Any]:
+    """A calculation as the API shows it (the reference's field names where they exist)."""
+    return {
+        "id": calc["id"],
+        "owner": calc["user_name"],
+        "description": calc["description"],
+        "calculation_mode": calc["calculation_mode"],
+        "status": calc["status"],
+        "is_running": calc["status"] in {"created", "submitted", "executing"},
+        "abort_requested": calc["abort_requested"],
+        "host": calc["host"],
+        "pid": calc["pid"],
+        "created": iso(calc["created"]),
+        "start_time": iso(calc["start_time"]),
+        "stop_time": iso(calc["stop_time"]),
+        "duration": calc["duration"],
+        "has_traceback": calc["has_traceback"],
+        "datastore": calc["datastore"],
+    }
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int = MAX_LIMIT) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise HTTPException(400, f"{name} must be an integer, got {raw!r}") from None
+    if not 0 <= value <= maximum:
+        raise HTTPException(400, f"{name} must be between 0 and {maximum}, got {value}")
+    return value
+
+
+def _calc_id(request: Request) -> int:
+    return int(request.path_params["calc_id"])
+
+
+class WebUI:
+    """The endpoints, holding one dbserver client (thread-safe) for all requests."""
+
+    def __init__(self, client: DbClient, workers_status: WorkersStatus | None = None) -> None:
+        self.client = client
+        self.workers_status = workers_status
+        self.templates = Jinja2Templates(directory=HERE / "templates")
+        self.templates.env.filters["duration"] = format_duration
+        self.templates.env.filters["when"] = format_when
+        self.templates.env.filters["stamp"] = format_stamp
+
+    def call(self, cmd: str, **args: Any) -> Any:
+        try:
+            return self.client.call(cmd, **args)
+        except DbServerError as exc:
+            text = str(exc)
+            status = 404 if "there is no calculation" in text else 503
+            status = 403 if "belongs to" in text else status
+            raise HTTPException(status, text) from exc
+
+    def list_calcs(self, request: Request) -> tuple[list[dict[str, Any]], int]:
+        answer = self.call(
+            "list_calcs",
+            limit=_int_param(request, "limit", DEFAULT_LIMIT),
+            offset=_int_param(request, "offset", 0, maximum=2**62),
+            owner=request.query_params.get("user") or None,
+        )
+        return [public_calc(c) for c in answer["calcs"]], int(answer["total"])
+
+    # JSON API
+
+    def api_list(self, request: Request) -> Response:
+        calcs, total = self.list_calcs(request)
+        return JSONResponse(calcs, headers={"X-Total-Count": str(total)})
+
+    def api_status(self, request: Request) -> Response:
+        return JSONResponse(public_calc(self.call("get_calc", calc_id=_calc_id(request))))
+
+    def api_log(self, request: Request) -> Response:
+        after_id = _int_param(request, "after_id", 0, maximum=2**62)
+        return JSONResponse(self.call("get_logs", calc_id=_calc_id(request), after_id=after_id))
+
+    def api_traceback(self, request: Request) -> Response:
+        text = self.call("get_traceback", calc_id=_calc_id(request)) or ""
+        return JSONResponse(text.splitlines())
+
+    def api_tasks(self, request: Request) -> Response:
+        return JSONResponse(self.call("get_tasks", calc_id=_calc_id(request)))
+
+    def api_workers(self, request: Request) -> Response:
+        if self.workers_status is None:
+            raise HTTPException(503, "this webui was started without access to the workerpools")
+        try:
+            rows = self.workers_status()
+        except Exception as exc:  # any failure to reach the pools is reported, not a 500
+            raise HTTPException(503, f"cannot ask the workerpools: {exc}") from exc
+        return JSONResponse([list(row) for row in rows])
+
+    # HTML pages
+
+    def page_list(self, request: Request) -> Response:
+        calcs, total = self.list_calcs(request)
+        return self.templates.TemplateResponse(
+            request, "list.html", {"calcs": calcs, "total": total, "now": _now()}
+        )
+
+    def page_calc(self, request: Request) -> Response:
+        calc_id = _calc_id(request)
+        calc = public_calc(self.call("get_calc", calc_id=calc_id))
+        records = self.call("get_logs", calc_id=calc_id)
+        tasks = self.call("get_tasks", calc_id=calc_id)
+        traceback = self.call("get_traceback", calc_id=calc_id) if calc["has_traceback"] else ""
+        context = {
+            "calc": calc,
+            "records": records,
+            "tasks": tasks,
+            "chart": task_chart(tasks),
+            "traceback": traceback,
+            "now": _now(),
+        }
+        return self.templates.TemplateResponse(request, "calc.html", context)
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_when(iso_text: str | None) -> str:
+    if not iso_text:
+        return "-"
+    return iso_text.replace("T", " ").replace("+00:00", " UTC")
+
+
+def format_stamp(timestamp: float) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if request.url.path.startswith("/v1/"):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
+    body = (
+        f"<!doctype html><title>oqz webui: error {exc.status_code}</title>"
+        f"<h1>Error {exc.status_code}</h1><p>{html.escape(str(exc.detail))}</p>"
+        '<p><a href="/">All calculations</a></p>'
+    )
+    return Response(body, status_code=exc.status_code, media_type="text/html")
+
+
+def create_app(client: DbClient, workers_status: WorkersStatus | None = None) -> Starlette:
+    ui = WebUI(client, workers_status)
+    calc = "/v1/calc/{calc_id:int}"
+    routes = [
+        Route("/", ui.page_list, name="list"),
+        Route("/calc/{calc_id:int}", ui.page_calc, name="calc"),
+        Route("/v1/calc/list", ui.api_list),
+        Route(f"{calc}/status", ui.api_status),
+        Route(f"{calc}/log", ui.api_log),
+        Route(f"{calc}/traceback", ui.api_traceback),
+        Route(f"{calc}/tasks", ui.api_tasks),
+        Route("/v1/workers/status", ui.api_workers),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.webui = ui
+    return app

@@ -1,0 +1,182 @@
+"""Running one task, and the worker process that runs tasks for a workerpool.
+
+:func:`execute` is the single place where a task is called: with its Monitor as the last
+argument, streaming each value a generator task yields, measuring time, memory and bytes, and
+turning an exception into an error report that names the task and the host. The ``no`` mode of
+:class:`oqzmq.parallel.Starmap` calls it in-process; worker processes call it for tasks
+received from their workerpool and send what it emits straight to the calculation's receiver.
+
+Messages a worker sends to a receiver (``meta`` tuples, see :mod:`oqzmq.protocol`)::
+
+    ("result", token, task_no, pool_id)        body: one partial result of a generator task
+    ("last",   token, task_no, pool_id, info)  body: the return value of a plain task
+    ("end",    token, task_no, pool_id, info)  a generator task finished
+    ("error",  token, task_no, pool_id, info)  info["traceback"] says what went wrong
+
+``info`` is a dict: host, pid, time, memory_mb, bytes, nresults, stats (the named blocks).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from oqzmq import protocol
+from oqzmq.auth import Buffer, Signer, Verifier
+from oqzmq.monitor import Monitor, OperationStats, peak_memory_mb
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[str, dict[str, Any] | None, Sequence[Buffer]], None]
+# Sending to a receiver blocks at most this long when it stops reading (calculation gone).
+SEND_TIMEOUT_MS = 120_000
+RECEIVER_HWM = 64
+MAX_RECEIVER_SOCKETS = 16
+
+
+def task_name(func: Callable[..., Any]) -> str:
+    return getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
+
+
+def execute(func: Callable[..., Any], args: Sequence[Any], host: str, emit: Emit) -> None:
+    """Run ``func(*args)`` (the last arg is the Monitor) and emit its results and its report."""
+    monitor = args[-1] if args and isinstance(args[-1], Monitor) else Monitor(task_name(func))
+    start = time.perf_counter()
+    nbytes = nresults = 0
+    try:
+        result = func(*args)
+        if inspect.isgenerator(result):
+            for value in result:
+                frames = protocol.dumps(value)
+                nbytes += protocol.nbytes(frames)
+                nresults += 1
+                emit("result", None, frames)
+            emit("end", _info(monitor, host, start, nbytes, nresults), ())
+        else:
+            frames = protocol.dumps(result)
+            info = _info(monitor, host, start, protocol.nbytes(frames), 1)
+            emit("last", info, frames)
+    except Exception:
+        info = _info(monitor, host, start, nbytes, nresults)
+        info["traceback"] = traceback.format_exc()
+        emit("error", info, ())
+
+
+def _info(monitor: Monitor, host: str, start: float, nbytes: int, nresults: int) -> dict[str, Any]:
+    return {
+        "host": host,
+        "pid": os.getpid(),
+        "time": time.perf_counter() - start,
+        "memory_mb": peak_memory_mb(),
+        "bytes": nbytes,
+        "nresults": nresults,
+        "stats": {op: (s.time_sec, s.memory_mb, s.counts) for op, s in monitor.stats.items()},
+    }
+
+
+def stats_from_info(info: dict[str, Any]) -> dict[str, OperationStats]:
+    return {op: OperationStats(t, m, c) for op, (t, m, c) in info.get("stats", {}).items()}
+
+
+class ReceiverSockets:
+    """PUSH sockets to calculations' receivers, one per endpoint, each with its own Signer."""
+
+    def __init__(self, context: zmq.Context, authkey: str) -> None:
+        self._context = context
+        self._authkey = authkey
+        self._sockets: OrderedDict[str, tuple[zmq.Socket, Signer]] = OrderedDict()
+
+    def get(self, endpoint: str) -> tuple[zmq.Socket, Signer]:
+        if endpoint in self._sockets:
+            self._sockets.move_to_end(endpoint)
+            return self._sockets[endpoint]
+        sock = self._context.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, RECEIVER_HWM)
+        sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
+        sock.setsockopt(zmq.LINGER, 10_000)
+        sock.connect(endpoint)
+        self._sockets[endpoint] = (sock, Signer(self._authkey, f"recv:{endpoint}"))
+        while len(self._sockets) > MAX_RECEIVER_SOCKETS:
+            _, (old, _) = self._sockets.popitem(last=False)
+            old.close()
+        return self._sockets[endpoint]
+
+    def close(self) -> None:
+        for sock, _ in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+
+def worker_main(
+    pool_endpoint: str,
+    authkey: str,
+    host: str,
+    pool_id: str,
+    ident: bytes,
+    main_path: str | None = None,
+) -> None:
+    """Entry point of a worker process (started by the workerpool with multiprocessing spawn)."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {os.getpid()} %(message)s")
+    if main_path:
+        import multiprocessing.spawn
+
+        multiprocessing.spawn.import_main_path(main_path)
+    context = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.ROUTING_ID, ident)
+    dealer.setsockopt(zmq.LINGER, 2000)
+    dealer.connect(pool_endpoint)
+    to_pool = Signer(authkey, f"pool:{pool_endpoint}")
+    from_pool = Verifier(authkey, f"worker:{pool_endpoint}")
+    receivers = ReceiverSockets(context, authkey)
+    parent = os.getppid()
+    protocol.send(dealer, to_pool, ("ready", os.getpid()))
+    try:
+        while os.getppid() == parent:  # a worker whose pool died exits instead of lingering
+            if not dealer.poll(1000):
+                continue
+            message = protocol.recv(dealer, from_pool)
+            if message is None:
+                continue
+            if message.meta[0] == "stop":
+                break
+            _run_assigned(message, host, pool_id, receivers)
+            protocol.send(dealer, to_pool, ("done", message.meta[1], message.meta[2]))
+    finally:
+        receivers.close()
+        dealer.close(linger=1000)
+        context.term()
+
+
+def _run_assigned(
+    message: protocol.Received, host: str, pool_id: str, receivers: ReceiverSockets
+) -> None:
+    _, token, task_no, endpoint = message.meta[:4]
+    sock, signer = receivers.get(endpoint)
+
+    def emit(kind: str, info: dict[str, Any] | None, frames: Sequence[Buffer]) -> None:
+        meta = (kind, token, task_no, pool_id) if info is None else (
+            kind, token, task_no, pool_id, info)
+        protocol.send(sock, signer, meta, frames)
+
+    try:
+        func, args = message.payload()
+    except Exception:
+        hint = (f"cannot unpickle the task on host {host}: its function and arguments must be "
+                "importable there (tasks defined in a script's __main__ work in processpool "
+                "mode only; install the module on every worker)\n")
+        info = {"host": host, "pid": os.getpid(), "traceback": hint + traceback.format_exc()}
+        emit("error", info, ())
+        return
+    try:
+        execute(func, args, host, emit)
+    except zmq.Again:
+        log.error("receiver %s stopped reading: task %s#%d abandoned", endpoint, token, task_no)
