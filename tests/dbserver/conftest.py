@@ -36,6 +36,12 @@ def write_config(
 
 
 @pytest.fixture
+def unused_port():
+    """A function returning a TCP port free on 127.0.0.1 right now."""
+    return free_port
+
+
+@pytest.fixture
 def make_config(tmp_path: Path):
     """Write another openquake.cfg (own directory) and return its path."""
     counter = iter(range(1, 1000))
