@@ -49,7 +49,7 @@ class ActionModule(ActionBase):
         cluster = inventory.cluster_data(
             groups=task_vars["groups"],
             raw_vars=hostvars.raw_get,
-            defaults=inventory.load_defaults(self._loader, Path(defaults_path)),
+            defaults_path=Path(defaults_path),
             loader=self._loader,
             extra={"hostvars": hostvars},
         )

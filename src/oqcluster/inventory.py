@@ -28,6 +28,10 @@ class InventoryError(RuntimeError):
     """The inventory cannot be loaded at all (missing file, parse error, no hosts)."""
 
 
+# Argument-spec keys that describe a value (the rest document it, or fill it in).
+SPEC_KEYS = ("type", "choices", "elements", "options")
+
+
 def load_defaults(loader: DataLoader, path: Path) -> dict[str, Any]:
     """The role defaults file, loaded as Ansible loads it (its templates stay trusted)."""
     data = loader.load_from_file(str(path))
@@ -36,12 +40,48 @@ def load_defaults(loader: DataLoader, path: Path) -> dict[str, Any]:
     return data
 
 
+def load_specs(loader: DataLoader, defaults_path: Path) -> dict[str, dict[str, Any]]:
+    """The role's argument specs (meta/argument_specs.yml beside defaults/), by variable."""
+    path = defaults_path.parent.parent / "meta" / "argument_specs.yml"
+    if not path.is_file():
+        return {}
+    options = loader.load_from_file(str(path))["argument_specs"]["main"].get("options", {})
+    return {
+        name: {key: spec[key] for key in SPEC_KEYS if key in spec}
+        for name, spec in options.items()
+    }
+
+
+def check_types(
+    values: Mapping[str, Any], specs: Mapping[str, Mapping[str, Any]]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """Values converted as the role's argument-spec validation converts them, and errors.
+
+    Each variable is validated alone so that every error belongs to one variable. `path`
+    values are kept as written: Ansible would expand `~` on the control node here.
+    """
+    from ansible.module_utils.common.arg_spec import ArgumentSpecValidator
+
+    converted, errors = dict(values), {}
+    for name, spec in specs.items():
+        if name not in values or values[name] == GENERATED:
+            continue
+        result = ArgumentSpecValidator({name: dict(spec)}).validate({name: values[name]})
+        if result.error_messages:
+            errors[name] = result.error_messages[0]
+            del converted[name]
+        elif spec.get("type") != "path":
+            converted[name] = result.validated_parameters[name]
+    return converted, errors
+
+
 def evaluate_host(
     name: str,
     raw_vars: Mapping[str, Any],
     defaults: Mapping[str, Any],
     loader: DataLoader,
     extra: Mapping[str, Any] | None = None,
+    specs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> HostSettings:
     """The host's settings the rules need, templated under the host's own variables."""
     from ansible.errors import AnsibleError
@@ -62,7 +102,8 @@ def evaluate_host(
             values[key] = templar.template(variables[key])
         except AnsibleError as error:
             errors[key] = error.message if hasattr(error, "message") else str(error)
-    return HostSettings(name=name, values=values, errors=errors)
+    converted, type_errors = check_types(values, specs or {})
+    return HostSettings(name=name, values=converted, errors=errors, type_errors=type_errors)
 
 
 def _variables_to_check(defaults: Mapping[str, Any], variables: Mapping[str, Any]) -> list[str]:
@@ -77,15 +118,23 @@ def _is_generated_secret(value: Any, defaults: Mapping[str, Any]) -> bool:
 def cluster_data(
     groups: Mapping[str, Iterable[str]],
     raw_vars: RawVars,
-    defaults: Mapping[str, Any],
+    defaults_path: Path,
     loader: DataLoader,
     extra: Mapping[str, Any] | None = None,
 ) -> ClusterData:
-    """ClusterData for the hosts of the master and workers groups."""
+    """ClusterData for the hosts of the master and workers groups.
+
+    `defaults_path` is roles/oq/defaults/main.yml: its values are the lowest-precedence
+    layer, and the role's meta/argument_specs.yml gives the types.
+    """
+    defaults = load_defaults(loader, defaults_path)
+    specs = load_specs(loader, defaults_path)
     masters = tuple(groups.get(MASTER_GROUP, ()))
     workers = tuple(groups.get(WORKERS_GROUP, ()))
-    names = dict.fromkeys((*masters, *workers))
-    hosts = {name: evaluate_host(name, raw_vars(name), defaults, loader, extra) for name in names}
+    hosts = {
+        name: evaluate_host(name, raw_vars(name), defaults, loader, extra, specs)
+        for name in dict.fromkeys((*masters, *workers))
+    }
     return ClusterData(masters=masters, workers=workers, hosts=hosts)
 
 
@@ -99,6 +148,7 @@ class Inventory:
         from ansible.vars.manager import VariableManager
 
         _require_sources(sources)
+        self.defaults_path = defaults_path
         self.loader = DataLoader()
         self.manager = InventoryManager(loader=self.loader, sources=sources)
         self.variables = VariableManager(loader=self.loader, inventory=self.manager)
@@ -132,7 +182,7 @@ class Inventory:
         return combine_vars(self.defaults, self.raw_vars(name))
 
     def cluster_data(self) -> ClusterData:
-        return cluster_data(self.groups, self.raw_vars, self.defaults, self.loader)
+        return cluster_data(self.groups, self.raw_vars, self.defaults_path, self.loader)
 
 
 def _require_sources(sources: list[str]) -> None:

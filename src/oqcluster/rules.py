@@ -43,8 +43,9 @@ PORT_VARIABLES = (
 )
 ABSOLUTE_PATHS = (
     "oq_shared_dir", "oq_install_dir", "oq_venv_dir",
-    "oq_config_dir", "oq_state_dir", "oq_dbserver_file",
+    "oq_config_dir", "oq_state_dir", "oq_dbserver_file", "oq_home",
 )
+CONTRACT = "roles/oq/meta/argument_specs.yml"
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,16 @@ class Finding:
 
 @dataclass(frozen=True)
 class HostSettings:
-    """A host's evaluated variables, and the variables whose templating failed."""
+    """A host's evaluated variables, the ones whose templating failed, and type errors.
+
+    `type_errors` are violations of the role's argument specs (type, choices); those
+    variables are left out of `values`, so the rules below do not report them twice.
+    """
 
     name: str
     values: Mapping[str, Any]
     errors: Mapping[str, str] = field(default_factory=dict)
+    type_errors: Mapping[str, str] = field(default_factory=dict)
 
     def explicit_address(self) -> str | None:
         """The address set in the inventory (oq_address, then ansible_host), if any."""
@@ -287,11 +293,19 @@ def _merged_host_problems(cluster: ClusterData) -> Iterator[Problem]:
     hosts = cluster.cluster_hosts()
     holders: dict[Finding, list[str]] = defaultdict(list)
     for name in hosts:
+        for finding in _type_findings(cluster.hosts[name]):
+            holders[finding].append(name)
         for finding in host_findings(cluster.hosts[name].values):
             holders[finding].append(name)
     for finding, names in holders.items():
         label = "all hosts" if names == hosts and len(hosts) > 1 else ", ".join(names)
         yield Problem(label, finding.variable, finding.message, finding.fix)
+
+
+def _type_findings(host: HostSettings) -> Iterator[Finding]:
+    for variable, error in host.type_errors.items():
+        fix = f"see {variable} in {CONTRACT} for its type and allowed values"
+        yield Finding(variable, error, fix)
 
 
 def host_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
@@ -373,6 +387,14 @@ def _nesting_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
             "oq_install_dir from the master, would not see the engine",
             f"set oq_venv_dir to a directory under {install}, e.g. {install}/venv",
         )
+    home = values.get("oq_home")
+    if _is_absolute(home) and _is_absolute(shared) and _under_or_same(home, shared):
+        yield Finding(
+            "oq_home",
+            f"{home} is inside oq_shared_dir {shared}, which the workers mount read-only: "
+            "the openquake account's ~/.ssh would be shared and unwritable there",
+            "keep oq_home outside oq_shared_dir (the default is /home/openquake)",
+        )
     if _is_absolute(install) and _is_absolute(shared) and (
         _under_or_same(shared, install) or _under_or_same(install, shared)
     ):
@@ -421,6 +443,19 @@ def _memory_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
             f"memory limits must satisfy 0 < oq_soft_mem_limit <= oq_hard_mem_limit <= 100 "
             f"(percent of RAM), got soft={soft!r}, hard={hard!r}",
             "set e.g. oq_soft_mem_limit: 90 and oq_hard_mem_limit: 99",
+        )
+
+
+def _cgroup_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    high, peak = values.get("oq_memory_high_percent"), values.get("oq_memory_max_percent")
+    if high is None or peak is None:
+        return
+    if not (_is_number(high) and _is_number(peak) and 0 < high <= peak <= 100):
+        yield Finding(
+            "oq_memory_high_percent",
+            "cgroup caps must satisfy 0 < oq_memory_high_percent <= oq_memory_max_percent "
+            f"<= 100 (percent of RAM), got high={high!r}, max={peak!r}",
+            "set e.g. oq_memory_high_percent: 90 and oq_memory_max_percent: 95",
         )
 
 
@@ -490,5 +525,6 @@ HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
     _choice_findings,
     _port_findings,
     _memory_findings,
+    _cgroup_findings,
     _authkey_findings,
 )
