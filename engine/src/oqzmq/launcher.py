@@ -16,6 +16,7 @@ and reports each failure with its reason: ssh refused, port closed, timeout.
 
 from __future__ import annotations
 
+import os
 import shlex
 import socket
 import subprocess
@@ -101,8 +102,11 @@ def _launch(how: str, argv: list[str], hc: HostCores, config: Config) -> HostRep
     command = shlex.join(argv)
     if how == "local":
         log = local_log_path(hc, config)
+        env = dict(os.environ)
+        if config.path is not None:  # the pool reads the same file as this master
+            env["OQ_CONFIG_FILE"] = str(config.path)
         with log.open("ab") as out:
-            subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+            subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env,
                              stdin=subprocess.DEVNULL, start_new_session=True)
         return HostReport(hc.host, True, "launched", command)
     try:

@@ -1,0 +1,129 @@
+"""Starmap in the three modes, on several loopback workerpools: results, partial results,
+concurrency, errors, dead workers and dead pools."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import Cluster
+from enginetasks import chunks, fail, pid_then_sleep, square
+from oqzmq.config import Config
+from oqzmq.errors import PortsExhausted, TaskError, WorkerLost
+from oqzmq.monitor import Monitor
+from oqzmq.parallel import Starmap
+
+MODES = ("no", "processpool", "zmq")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_same_results_in_every_mode(config: Config, mode: str) -> None:
+    monitor = Monitor("squares")
+    results = Starmap(square, [(i,) for i in range(20)], monitor, distribute=mode)
+    assert sorted(results) == [i * i for i in range(20)]
+    assert len(monitor.tasks) == 20
+    assert monitor.stats["squaring"].counts == 20
+    assert monitor.stats["square"].nresults == 20
+
+
+def test_zmq_mode_uses_every_pool_and_records_hosts(config: Config) -> None:
+    monitor = Monitor("squares")
+    assert len(list(Starmap(square, [(i,) for i in range(30)], monitor))) == 30
+    assert {t.host for t in monitor.tasks} == {"127.0.0.2", "127.0.0.3"}
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_generator_tasks_yield_partial_results(config: Config, mode: str) -> None:
+    monitor = Monitor("chunks")
+    smap = Starmap(chunks, monitor=monitor, distribute=mode)
+    smap.submit(5, 100_000)
+    smap.submit(3, 10)
+    received = list(smap)
+    assert len(received) == 8
+    assert sorted(int(a[0]) for i, a in received if len(a) == 100_000) == [0, 1, 2, 3, 4]
+    assert all((a == i).all() for i, a in received)
+    assert monitor.stats["chunks"].nresults == 8
+    assert monitor.stats["chunks"].bytes > 5 * 800_000
+
+
+def test_two_starmaps_alive_at_once(config: Config) -> None:
+    first = Starmap(square, distribute="zmq")
+    second = Starmap(chunks, distribute="zmq")
+    for i in range(10):
+        first.submit(i)
+        second.submit(2, 4)
+    assert first.endpoint != second.endpoint
+    assert len(list(second)) == 20
+    assert sorted(first) == [i * i for i in range(10)]
+
+
+def test_receiver_ports_running_out_is_an_error_not_a_hang(config: Config) -> None:
+    alive = []
+    try:
+        for _ in config.receiver_ports:
+            smap = Starmap(square, distribute="zmq")
+            smap.submit(1)
+            alive.append(smap)
+        with pytest.raises(PortsExhausted, match=r"all receiver ports .* are in use"):
+            Starmap(square, distribute="zmq").submit(1)
+    finally:
+        for smap in alive:
+            list(smap)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_task_error_names_task_and_host_with_traceback(config: Config, mode: str) -> None:
+    with pytest.raises(TaskError) as info:
+        list(Starmap(fail, [(i,) for i in range(6)], distribute=mode))
+    text = str(info.value)
+    assert "task fail#3 failed on host" in text
+    assert "ValueError: bad input 3" in text
+    if mode == "zmq":
+        assert "127.0.0." in text
+
+
+def test_sigkilled_worker_ends_the_calculation_quickly(config: Config, tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    smap = Starmap(pid_then_sleep, distribute="zmq")
+    smap.submit_to("127.0.0.3", str(pidfile), 60)
+    start = time.monotonic()
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() - start < 20, "task never started"
+        time.sleep(0.05)
+    os.kill(int(pidfile.read_text()), signal.SIGKILL)
+    killed = time.monotonic()
+    with pytest.raises(WorkerLost) as info:
+        list(smap)
+    assert time.monotonic() - killed < 5
+    assert "pid_then_sleep#0 failed on host 127.0.0.3" in str(info.value)
+    assert "killed by SIGKILL" in str(info.value)
+    # the pool replaced the dead worker and still computes
+    assert sorted(Starmap(square, [(2,), (3,)], distribute="zmq")) == [4, 9]
+
+
+def test_silent_pool_ends_the_calculation(cluster: Cluster, config: Config) -> None:
+    """A pool that stops answering (host frozen) turns its tasks into an error."""
+    pid = cluster.pool_pid("127.0.0.3")
+    smap = Starmap(square, distribute="zmq", pool_timeout=1.5)
+    smap.submit(1)  # goes to 127.0.0.2 (2 processes, least loaded)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for i in range(4):
+            smap.submit_to("127.0.0.3", i)
+        started = time.monotonic()
+        with pytest.raises(WorkerLost, match=r"workerpool on host 127\.0\.0\.3 .* silent"):
+            list(smap)
+        assert time.monotonic() - started < 5
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_large_arrays_arrive_intact(config: Config) -> None:
+    smap = Starmap(chunks, [(2, 2_000_000)], distribute="zmq")
+    arrays = dict(smap)
+    assert set(arrays) == {0, 1}
+    np.testing.assert_array_equal(arrays[1], np.ones(2_000_000))
