@@ -74,6 +74,14 @@ custom_tmp =
     return path
 
 
+def _refused(host: str, port: int) -> bool:
+    try:
+        socket.create_connection((host, port), timeout=1).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 @dataclass
 class Cluster:
     config: Config
@@ -118,7 +126,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 def _wait_closed(config: Config, timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if all(_free(hc.host, config.ctrl_port) for hc in config.host_cores):
+        if all(_refused(hc.host, config.ctrl_port) for hc in config.host_cores):
             return
         time.sleep(0.1)
 

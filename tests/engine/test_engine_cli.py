@@ -1,0 +1,100 @@
+"""The oqz commands this engine owns: workers, run demo, show performance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import pytest
+from conftest import HOSTS, write_config
+from oqzmq.cli import main
+from oqzmq.config import Config, load_config
+from oqzmq.demo import run_demo
+from oqzmq.monitor import read_performance
+
+
+def test_workers_status_inspect_debug(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["workers", "status"]) == 0
+    out = capsys.readouterr().out
+    assert f"{HOSTS[0]:<20} {0:>7} {2:>5}" in out
+    assert f"{HOSTS[1]:<20} {0:>7} {1:>5}" in out
+    assert main(["workers", "inspect"]) == 0
+    assert "idle" in capsys.readouterr().out
+    assert main(["workers", "debug"]) == 0
+    out = capsys.readouterr().out
+    assert "[local] " in out and "-m oqzmq.workerpool --host 127.0.0.3" in out
+    assert "task 0 -> workerpool 127.0.0.2: ok" in out
+    assert "task 1 -> workerpool 127.0.0.3: ok" in out
+
+
+def test_workers_start_is_idempotent(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["workers", "start"]) == 0
+    assert capsys.readouterr().out.count("already running") == 2
+
+
+def test_workers_report_hosts_that_are_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pool that is not running is named with the reason; start reports ssh failures."""
+    path = write_config(tmp_path / "oq.cfg", 9, "9", "127.0.0.9 1, 192.0.2.1 1", tmp_path)
+    monkeypatch.setenv("OQ_CONFIG_FILE", str(path))
+    assert main(["workers", "status"]) == 1
+    out = capsys.readouterr().out
+    assert "127.0.0.9" in out and "not running: port 9 closed" in out
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh here: start must say so, not hang
+    assert main(["workers", "start", "--launcher", "ssh", "--wait", "1"]) == 1
+    assert "ssh is not installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("mode", ["no", "processpool", "zmq"])
+def test_demo_is_deterministic_in_every_mode(config: Config, mode: str) -> None:
+    result = run_demo(config, "tiny", seed=7, distribute=mode)
+    reference = run_demo(config, "tiny", seed=7, distribute="no")
+    assert result.checksum == reference.checksum
+    assert run_demo(config, "tiny", seed=8, distribute="no").checksum != reference.checksum
+    with h5py.File(result.path) as h5:
+        assert h5["hcurves"].shape == (50, 20)
+        assert 0 < h5["hcurves"][()].max() < 1
+    performance, task_info = read_performance(result.path)
+    operations = {row.decode() for row in performance["operation"]}
+    assert {"hazard_task", "exceedance", "ground motion", "distances"} <= operations
+    assert len(task_info) == 4
+    if mode == "zmq":
+        assert set(result.tasks_per_host) <= set(HOSTS)
+        assert {h.decode() for h in task_info["host"]} == set(result.tasks_per_host)
+
+
+def test_run_demo_and_show_performance(
+    config: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OQ_DATABASE", "none")  # no dbserver in the engine tests
+    assert main(["run", "demo", "--size", "tiny", "--tasks", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "distribute=zmq" in out and "tasks/host: 127.0.0." in out
+    calc_id = int(out.split()[1])
+    assert main(["show", "performance", str(calc_id)]) == 0
+    out = capsys.readouterr().out
+    assert "hazard_task" in out and "tasks per host: 127.0.0." in out
+
+
+def test_bad_arguments_are_explained(
+    config: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OQ_DATABASE", "none")
+    assert main(["run", "nosuchcalc"]) == 2
+    assert "unknown calculation 'nosuchcalc': available: demo" in capsys.readouterr().err
+    assert main(["run", "demo", "--tasks", "0"]) == 2
+    assert "--tasks must be at least 1" in capsys.readouterr().err
+    assert main(["show", "performance", "999999"]) == 2
+    assert "no datastore for calculation 999999" in capsys.readouterr().err
+
+
+def test_zmq_mode_without_workers_is_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_config(tmp_path / "oq.cfg", 9, "9", "", tmp_path)
+    monkeypatch.setenv("OQ_CONFIG_FILE", str(path))
+    monkeypatch.setenv("OQ_DATABASE", "none")
+    assert load_config().host_cores == ()
+    assert main(["run", "demo", "--size", "tiny"]) == 2
+    assert "[zworkers] host_cores is empty" in capsys.readouterr().err

@@ -1,0 +1,116 @@
+"""Item 7: nothing from an unauthenticated peer executes, is unpickled, or crashes anything.
+
+Each attack carries a pickle that would create a marker file if it were ever unpickled, or a
+task that would create one if it ever ran.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+from conftest import AUTHKEY, Cluster
+from enginetasks import pid_then_sleep, touch
+from oqzmq import protocol
+from oqzmq.auth import Signer
+from oqzmq.config import Config
+from oqzmq.monitor import Monitor
+from oqzmq.parallel import Starmap
+
+POOL = "127.0.0.3"
+
+
+class Exploit:
+    """Unpickling this creates the file: proof that bytes were unpickled."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return open, (self.path, "w")
+
+
+def attacks(channel: str, meta: tuple[object, ...], body: list[bytes]) -> dict[str, list[bytes]]:
+    """The four kinds of bad message, ready to send."""
+    good = Signer(AUTHKEY, channel)
+    replayed = good.sign([pickle.dumps(meta), *body])
+    return {
+        "unsigned": [pickle.dumps(meta), *body],
+        "wrong key": Signer("not-the-cluster-key", channel).sign([pickle.dumps(meta), *body]),
+        "truncated": good.sign([pickle.dumps(meta), *body])[:-1],
+        "replay-original": replayed,
+        "replayed": replayed,
+    }
+
+
+def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_path: Path) -> None:
+    endpoint = f"tcp://{POOL}:{config.ctrl_port}"
+    context = zmq.Context()
+    results = context.socket(zmq.PULL)
+    reply_endpoint = f"tcp://127.0.0.1:{results.bind_to_random_port('tcp://127.0.0.1')}"
+    attacker = context.socket(zmq.DEALER)
+    attacker.connect(endpoint)
+    markers = {}
+    try:
+        for name in ("unsigned", "wrong key", "truncated", "replayed"):
+            marker = tmp_path / name.replace(" ", "-")
+            markers[name] = marker
+            body = protocol.dumps((touch, (str(marker), Monitor("x"))))
+            body.append(pickle.dumps(Exploit(tmp_path / f"unpickled-{name}")))
+            meta = ("submit", "attack", 0, reply_endpoint)
+            message = attacks(f"ctrl:{endpoint}", meta, body)
+            if name == "replayed":
+                attacker.send_multipart(message["replay-original"])
+                assert results.poll(10_000), "the genuine message was not executed"
+                results.recv_multipart()
+                marker.unlink()
+            attacker.send_multipart(message[name])
+        time.sleep(1.5)
+        assert not [m.name for m in markers.values() if m.exists()], "a bad message executed"
+        assert not list(tmp_path.glob("unpickled-*")), "bytes of a bad message were unpickled"
+        log = cluster.log(POOL)
+        for reason in ("malformed message", "bad MAC", "replayed message"):
+            assert reason in log
+        assert log.count("rejected message on ctrl:") >= 4
+    finally:
+        attacker.close(0)
+        results.close(0)
+        context.term()
+    # the pool is alive and still computes
+    assert list(Starmap(touch, [(str(tmp_path / "ok"),)], distribute="zmq")) == [
+        str(tmp_path / "ok")]
+
+
+def test_receiver_rejects_bad_messages(
+    config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    smap = Starmap(pid_then_sleep, distribute="zmq")
+    smap.submit(str(tmp_path / "pid"), 1.0)
+    channel = f"recv:{smap.endpoint}"
+    context = zmq.Context()
+    attacker = context.socket(zmq.PUSH)
+    attacker.connect(smap.endpoint)
+    info = {"host": "evil", "pid": 1, "time": 0, "memory_mb": 0, "bytes": 0, "nresults": 1}
+    try:
+        for name in ("unsigned", "wrong key", "truncated", "replayed"):
+            meta = ("last", smap.token, 0, "evil", info)
+            body = [pickle.dumps(Exploit(tmp_path / f"unpickled-{name}"))]
+            message = attacks(channel, meta, body)
+            if name == "replayed":  # a genuine (keyed) heartbeat, then the same bytes again
+                message = attacks(channel, ("heartbeat", "", -1, "x"), [])
+                attacker.send_multipart(message["replay-original"])
+            attacker.send_multipart(message[name])
+        with caplog.at_level(logging.WARNING, logger="oqzmq.protocol"):
+            results = list(smap)
+    finally:
+        attacker.close(0)
+        context.term()
+    assert len(results) == 1 and isinstance(results[0], int)  # the real worker's pid
+    assert not list(tmp_path.glob("unpickled-*"))
+    rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
+    assert len(rejected) == 4, rejected
+    assert any("replayed" in text for text in rejected)
