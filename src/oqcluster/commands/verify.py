@@ -1,0 +1,75 @@
+"""`oqcluster verify -i INV`: prove the cluster works, and say exactly what is broken."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from oqcluster.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    CommandError,
+    add_inventory_argument,
+    fail,
+    load,
+    print_problems,
+    stderr,
+    stdout,
+    write_stdout,
+)
+from oqcluster.rules import validate
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="check a provisioned cluster: nodes, ports, ssh, NFS, config, smoke calculation",
+        description="Run the node test modules on every host (testinfra, in parallel), the "
+        "cluster checks from the right vantage points and a smoke calculation. Exit 0 only "
+        "when every check passes; every failure says what was expected, what was found "
+        "and what fixes it.",
+    )
+    add_inventory_argument(parser)
+    parser.add_argument("--limit", metavar="PATTERN",
+                        help="Ansible host pattern: only these hosts' checks (the master is "
+                        "still used to reach the workers)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
+    parser.add_argument("--no-smoke", action="store_true",
+                        help="skip the smoke calculation")
+    parser.add_argument("--jobs", type=int, default=8, help="checks run at once (default 8)")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show what every passing check found, and skipped checks")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from oqcluster.verify import report
+    from oqcluster.verify.context import build_context
+    from oqcluster.verify.runner import run_all
+
+    if len(args.inventory) != 1:
+        return fail("verify takes exactly one -i INV (testinfra reads a single inventory)")
+    try:
+        project, inventory = load(args)
+    except CommandError as error:
+        return fail(str(error))
+    problems = validate(inventory.cluster_data())
+    if problems:
+        print_problems(stderr(), problems)
+        stderr().print("[bold red]not verifying:[/] fix the inventory first (oqcluster check)")
+        return EXIT_FAILED
+    started = time.monotonic()
+    ctx = build_context(args.inventory[0], inventory, args.limit)
+    results = run_all(ctx, project.root, max(1, args.jobs), not args.no_smoke, stderr())
+    seconds = time.monotonic() - started
+    if args.junit:
+        report.write_junit(args.junit, results)
+    if args.json:
+        write_stdout(report.to_json(results, seconds) + "\n")
+    else:
+        console = stdout()
+        report.print_table(console, results, args.verbose)
+        console.print(report.summary_line(results, seconds))
+    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED

@@ -1,0 +1,32 @@
+"""Assertions that say what was expected, what was found and what fixes it."""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+SEPARATOR = " | "
+PATTERN = re.compile(r"expected: (?P<expected>.*?) \| found: (?P<found>.*?) \| fix: (?P<fix>.*)")
+
+
+def expect(condition: bool, expected: object, found: object, fix: str) -> None:
+    assert condition, message(expected, found, fix)
+
+
+def message(expected: object, found: object, fix: str) -> str:
+    return SEPARATOR.join((f"expected: {expected}", f"found: {found}", f"fix: {fix}"))
+
+
+def parse(text: str) -> tuple[str, str, str] | None:
+    """(expected, found, fix) from a failure text that contains an expect() message."""
+    for line in text.splitlines():
+        match = PATTERN.search(line)
+        if match:
+            return match["expected"].strip(), match["found"].strip(), match["fix"].strip()
+    return None
+
+
+def as_root(host: Any) -> AbstractContextManager[Any]:
+    """Run the block's commands as root: directly when connected as root, else with sudo."""
+    return nullcontext() if host.user().name == "root" else host.sudo()

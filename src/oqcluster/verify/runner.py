@@ -1,0 +1,74 @@
+"""Runs the node checks, the cluster checks and the smoke calculation, with progress."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from oqcluster.verify.cluster import CLUSTER_CHECKS
+from oqcluster.verify.context import Context
+from oqcluster.verify.nodes import run_node_tests
+from oqcluster.verify.results import CheckResult, Status
+from oqcluster.verify.smoke import smoke_calculation
+
+CheckFunction = Callable[[Context], Iterable[CheckResult]]
+
+
+def guarded(label: str, check: CheckFunction, ctx: Context) -> list[CheckResult]:
+    """The check's results, or one ERROR result saying why the check could not run."""
+    try:
+        return list(check(ctx))
+    except Exception as error:  # a broken connection must not hide the other checks
+        return [CheckResult(
+            "cluster", label, Status.ERROR, "the check to run", f"{type(error).__name__}: {error}",
+            "are all hosts reachable? ansible -i INV all -m ping",
+        )]
+
+
+def run_all(
+    ctx: Context, project_root: Path, jobs: int, smoke: bool, console: Console
+) -> list[CheckResult]:
+    """Every result, node checks first (by host), then cluster checks, then the smoke run."""
+    with _progress(console) as progress, ThreadPoolExecutor(max_workers=jobs) as pool:
+        node_futures = [
+            _tracked(progress, pool, f"node checks on {node.name}",
+                     lambda n=node: run_node_tests(ctx.inventory_path, n.name, project_root))
+            for node in ctx.nodes if node.name in ctx.selected
+        ]
+        cluster_futures = [
+            _tracked(progress, pool, f"cluster: {label}",
+                     lambda label=label, check=check: guarded(label, check, ctx))
+            for label, check in CLUSTER_CHECKS
+        ]
+        results = [r for future in (*node_futures, *cluster_futures) for r in future.result()]
+        if smoke:
+            future = _tracked(progress, pool, "smoke calculation",
+                              lambda: guarded("smoke calculation", smoke_calculation, ctx))
+            results += future.result()
+    return sorted_by_host(results, ctx)
+
+
+def sorted_by_host(results: list[CheckResult], ctx: Context) -> list[CheckResult]:
+    order = {node.name: index for index, node in enumerate(ctx.nodes)}
+    return sorted(results, key=lambda r: order.get(r.host, len(order)))
+
+
+def _tracked(
+    progress: Progress, pool: ThreadPoolExecutor, label: str,
+    work: Callable[[], list[CheckResult]],
+) -> Future[list[CheckResult]]:
+    task = progress.add_task(label, total=1)
+    future = pool.submit(work)
+    future.add_done_callback(lambda _: progress.update(task, completed=1))
+    return future
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(bar_width=10),
+        TimeElapsedColumn(), console=console, transient=True,
+    )

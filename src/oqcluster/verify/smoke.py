@@ -1,0 +1,69 @@
+"""The smoke calculation: the engine's demo, run on the master in zmq mode.
+
+It passes for a worker only when the worker computed at least one task: the engine reports
+the tasks per host_cores address ("tasks/host: 10.0.0.11: 3, ...").
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator
+
+from oqcluster.verify.context import Context
+from oqcluster.verify.results import CheckResult, failed, passed
+
+TASKS_PER_WORKER = 4
+TIMEOUT_SECONDS = 120
+TASKS_LINE = re.compile(r"^tasks/host:\s*(?P<pairs>.*)$", re.MULTILINE)
+
+
+def smoke_calculation(ctx: Context) -> Iterator[CheckResult]:
+    user = ctx.setting("oq_user")
+    config = f"{ctx.setting('oq_config_dir')}/openquake.cfg"
+    oqz = f"{ctx.setting('oq_venv_dir')}/bin/oqz"
+    tasks = TASKS_PER_WORKER * max(1, len(ctx.workers))
+    started = time.monotonic()
+    out = ctx.master.run_as(
+        user, "OQ_CONFIG_FILE=%s timeout %s %s run demo --size tiny --tasks %s "
+        "--distribute zmq", config, TIMEOUT_SECONDS, oqz, tasks,
+    )
+    seconds = time.monotonic() - started
+    check = f"smoke calculation (oqz run demo, {tasks} tasks, zmq)"
+    if out.rc != 0:
+        yield failed(ctx.master.name, check, "exit 0", _last_lines(out.stdout + out.stderr),
+                     f"on {ctx.master.name} as {user}: oqz workers status; oqz workers start; "
+                     "then OQ_CONFIG_FILE=... oqz run demo --size tiny")
+        return
+    counts = parse_tasks_per_host(out.stdout)
+    yield passed(ctx.master.name, check, f"done in {seconds:.1f}s: " + _summary(counts), seconds)
+    for worker in ctx.workers:
+        done = counts.get(worker.address, 0)
+        worker_check = "computed tasks of the smoke calculation"
+        if done > 0:
+            yield passed(worker.name, worker_check, f"{done} task(s)")
+        else:
+            yield failed(worker.name, worker_check, "at least 1 task", "0 tasks",
+                         f"is {worker.address} in [zworkers] host_cores and its workerpool "
+                         f"running? on {ctx.master.name}: oqz workers status")
+
+
+def parse_tasks_per_host(stdout: str) -> dict[str, int]:
+    """{address: tasks} from the engine's "tasks/host: a: 3, b: 1" line."""
+    match = TASKS_LINE.search(stdout)
+    if not match:
+        return {}
+    counts: dict[str, int] = {}
+    for pair in match["pairs"].split(","):
+        address, _, number = pair.strip().rpartition(":")
+        if address and number.strip().isdigit():
+            counts[address.strip()] = int(number)
+    return counts
+
+
+def _summary(counts: dict[str, int]) -> str:
+    return ", ".join(f"{host}: {n}" for host, n in sorted(counts.items())) or "no task counts"
+
+
+def _last_lines(text: str, lines: int = 3) -> str:
+    return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
