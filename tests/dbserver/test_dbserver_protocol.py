@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,9 +40,21 @@ def test_a_client_with_another_key_gets_a_clear_error(dbserver, config: Config) 
         ping(impostor)
 
 
-def test_a_stopped_dbserver_is_reported_with_the_fix(config: Config) -> None:
-    with pytest.raises(DbServerError, match=r"did not answer within 0.3 s.*oqz dbserver start"):
-        ping(config, timeout=0.3)
+def test_a_stopped_dbserver_is_reported_at_once_with_the_fix(config: Config) -> None:
+    started = time.monotonic()
+    with pytest.raises(DbServerError, match=r"not running: nothing listens.*oqz dbserver start"):
+        ping(config, timeout=5)
+    assert time.monotonic() - started < 1
+
+
+def test_a_hung_dbserver_is_reported_after_the_timeout(config: Config) -> None:
+    silent = zmq.Context.instance().socket(zmq.ROUTER)
+    silent.bind(f"tcp://127.0.0.1:{config.db_port}")
+    try:
+        with pytest.raises(DbServerError, match=r"did not answer within 0.3 s.*dbserver status"):
+            ping(config, timeout=0.3)
+    finally:
+        silent.close(0)
 
 
 def test_errors_of_the_database_come_back_as_messages(dbserver, config: Config) -> None:

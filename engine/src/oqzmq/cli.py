@@ -38,6 +38,9 @@ COMMAND_MODULES: list[str] = [
     "oqzmq.commands.run",
     "oqzmq.commands.workers",
     "oqzmq.commands.show",
+    "oqzmq.commands.calcs",
+    "oqzmq.commands.dbserver",
+    "oqzmq.commands.webui",
 ]
 
 

@@ -381,11 +381,28 @@ class DbClient:
 
     def _connected(self) -> zmq.Socket:
         if self._socket is None:
+            self._probe()
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(self.address)
             self._socket = sock
         return self._socket
+
+    def _probe(self) -> None:
+        """Fail at once when nothing listens: zmq itself would only wait for the timeout."""
+        try:
+            with socket.create_connection(
+                (self.config.db_host, self.config.db_port), timeout=min(self.timeout, 3.0)
+            ):
+                pass
+        except ConnectionRefusedError:
+            raise DbServerError(
+                f"the dbserver is not running: nothing listens on {self.address}; "
+                f"{START_HINT}. Its address comes from [dbserver] host/port in "
+                f"{self.config.source}"
+            ) from None
+        except OSError:
+            pass  # unreachable or slow network: the request's own timeout reports it
 
     def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
         sock = self._connected()

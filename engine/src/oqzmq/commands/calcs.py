@@ -14,6 +14,7 @@ from typing import Any
 from oqzmq.config import load_config
 from oqzmq.db import TERMINAL
 from oqzmq.dbserver import DbClient
+from oqzmq.errors import UserError
 
 FOLLOW_SECONDS = 1.0
 
@@ -134,15 +135,19 @@ def _wait_until_finished(client: DbClient, calc_id: int, seconds: float) -> str 
         time.sleep(0.2)
 
 
-def add_log_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--follow", "-f", action="store_true", help="keep printing until the calculation ends"
-    )
+def show_log_topic(calc_id: int | None, args: argparse.Namespace) -> int:
+    """``oqz show log [ID] [--follow]`` (no ID: the latest calculation)."""
+    return show_log(calc_id, getattr(args, "follow", False))
 
 
-def show_log(calc_id: int, follow: bool = False) -> int:
+def show_log(calc_id: int | None, follow: bool = False) -> int:
     """Print a calculation's log; with follow, until it ends."""
     with DbClient(load_config()) as client:
+        if calc_id is None:
+            latest = client.call("list_calcs", limit=1)["calcs"]
+            if not latest:
+                raise UserError("no calculations yet: run one with `oqz run demo`")
+            calc_id = latest[0]["id"]
         last_id = 0
         while True:
             records = client.call("get_logs", calc_id=calc_id, after_id=last_id)

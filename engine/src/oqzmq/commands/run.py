@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from oqzmq.config import DISTRIBUTE_MODES, load_config
 from oqzmq.demo import SIZES, run_demo
 from oqzmq.errors import UserError
+from oqzmq.logs import calculation
 
 CALCULATIONS = ("demo",)
 
@@ -27,7 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--distribute", choices=DISTRIBUTE_MODES,
                         help="override OQ_DISTRIBUTE / [distribution] oq_distribute")
-    parser.add_argument("--calc-id", type=int, help="use this calculation id")
+    parser.add_argument("--calc-id", type=int,
+                        help="use this calculation id (only with OQ_DATABASE=none: otherwise "
+                             "the dbserver numbers calculations)")
     parser.set_defaults(handler=run_calculation)
 
 
@@ -40,8 +44,18 @@ def run_calculation(args: argparse.Namespace) -> int:
         if value is not None and value < 1:
             raise UserError(f"--{name} must be at least 1 (got {value})")
     config = load_config()
-    result = run_demo(config, args.size, args.seed, args.distribute, args.calc_id,
-                      args.sources, args.sites, args.tasks)
+    if os.environ.get("OQ_DATABASE") == "none":  # no records at all: engine tests, benchmarks
+        result = run_demo(config, args.size, args.seed, args.distribute, args.calc_id,
+                          args.sources, args.sites, args.tasks)
+    else:
+        if args.calc_id is not None:
+            raise UserError("--calc-id needs OQ_DATABASE=none: the dbserver numbers the "
+                            "calculations it records")
+        description = f"demo {args.size} (seed {args.seed})"
+        with calculation(config, description, calculation_mode="demo") as calc:
+            result = run_demo(config, args.size, args.seed, args.distribute, calc.id,
+                              args.sources, args.sites, args.tasks)
+            calc.set_datastore(result.path)
     hosts = ", ".join(f"{host}: {n}" for host, n in sorted(result.tasks_per_host.items()))
     print(f"calculation {result.calc_id} done in {result.seconds:.2f}s "
           f"(distribute={args.distribute or config.distribute})")

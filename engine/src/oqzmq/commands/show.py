@@ -18,6 +18,7 @@ from oqzmq.monitor import read_performance
 
 SHOW_TOPICS: dict[str, str] = {
     "performance": "oqzmq.commands.show:show_performance",
+    "log": "oqzmq.commands.calcs:show_log_topic",
 }
 
 
@@ -25,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("show", help="show something about a calculation")
     parser.add_argument("topic", choices=sorted(SHOW_TOPICS))
     parser.add_argument("calc_id", nargs="?", type=int, help="calculation id (default: latest)")
+    parser.add_argument("--follow", "-f", action="store_true",
+                        help="log: keep printing until the calculation ends")
     parser.set_defaults(handler=run_show)
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
-from oqzmq.config import load_config
+from oqzmq.config import Config, load_config
 from oqzmq.errors import UserError
 
 INSTALL_HINT = "pip install 'oq-zmq-engine[webui]' (it adds starlette, uvicorn and jinja2)"
@@ -36,6 +37,19 @@ def run_start(args: argparse.Namespace) -> int:
     return 0 if started else 1
 
 
-def workers_status_source(config: object) -> None:
-    """The workerpool status function, once the engine exposes one (None: the API says 503)."""
-    return None
+def workers_status_source(config: Config) -> Callable[[], list[tuple[str, int | None, int | None]]]:
+    """What ``/v1/workers/status`` answers: (host, running, total) per workerpool of
+    ``[zworkers] host_cores``, None for a pool that does not answer (as `oqz workers status`)."""
+
+    def workers_status() -> list[tuple[str, int | None, int | None]]:
+        if not config.host_cores:
+            return []
+        from oqzmq import launcher
+
+        replies = launcher.query_pools(config, ("status",), timeout=3.0)
+        return [
+            (host, reply[2], reply[3]) if reply else (host, None, None)
+            for host, reply in replies.items()
+        ]
+
+    return workers_status

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import socket
+from types import FrameType
 
 import uvicorn
 
@@ -24,6 +26,13 @@ class NotifyingServer(uvicorn.Server):
         await super().startup(sockets)
         if self.started:
             notify("READY=1")
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM and sig in self._captured_signals:
+            # uvicorn re-raises captured signals after the graceful shutdown; a stop asked by
+            # systemd should end with status 0 like the dbserver, not as killed by SIGTERM
+            self._captured_signals.remove(sig)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         notify("STOPPING=1")

@@ -1,0 +1,175 @@
+"""The services as systemd runs them: `oqz dbserver start` in the foreground, readiness over
+$NOTIFY_SOCKET, `status` exit codes, SIGTERM; and `oqz run`/`list`/`show log`/`abort`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+OQZ = [sys.executable, "-m", "oqzmq.cli"]
+
+
+def oqz(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*OQZ, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.fixture
+def env(cfg_path: Path, tmp_path: Path) -> dict[str, str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("OQ_", "NOTIFY_"))}
+    shared = tmp_path / "shared"
+    with cfg_path.open("a") as handle:
+        handle.write(f"\n[directory]\nshared_dir = {shared}\n")
+    return {**environ, "OQ_CONFIG_FILE": str(cfg_path), "OQ_DISTRIBUTE": "no"}
+
+
+class Service:
+    """A foreground service started like systemd does, with a notify socket."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], directory: Path) -> None:
+        self.notify_path = directory / "notify.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.settimeout(20)
+        self.process = subprocess.Popen(
+            argv,
+            env={**env, "NOTIFY_SOCKET": str(self.notify_path)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def wait_ready(self) -> str:
+        message = self.notify.recv(256).decode()
+        assert message == "READY=1", message
+        return message
+
+    def terminate(self) -> tuple[int, str]:
+        self.process.send_signal(signal.SIGTERM)
+        _, stderr = self.process.communicate(timeout=20)
+        return self.process.returncode, stderr
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.communicate(timeout=10)
+        self.notify.close()
+
+
+@pytest.fixture
+def dbserver_service(env: dict[str, str], tmp_path: Path) -> Iterator[Service]:
+    service = Service([*OQZ, "dbserver", "start"], env, tmp_path)
+    service.wait_ready()
+    yield service
+    service.close()
+
+
+def test_status_fails_when_no_dbserver_runs(env: dict[str, str]) -> None:
+    result = oqz("dbserver", "status", "--timeout", "0.5", env=env)
+    assert result.returncode == 1
+    assert "dbserver not running" in result.stderr and "oqz dbserver start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_dbserver_runs_in_the_foreground_until_sigterm(
+    dbserver_service: Service, env: dict[str, str]
+) -> None:
+    status = oqz("dbserver", "status", env=env)
+    assert status.returncode == 0, status.stderr
+    assert f"pid {dbserver_service.process.pid}" in status.stdout
+    code, stderr = dbserver_service.terminate()
+    assert code == 0
+    assert "received SIGTERM, stopping" in stderr and "dbserver stopped" in stderr
+    assert oqz("dbserver", "status", "--timeout", "0.5", env=env).returncode == 1
+
+
+def test_dbserver_stop_asks_it_to_exit(dbserver_service: Service, env: dict[str, str]) -> None:
+    result = oqz("dbserver", "stop", env=env)
+    assert result.returncode == 0 and "stopped" in result.stdout, result.stderr
+    assert dbserver_service.process.wait(10) == 0
+
+
+def test_a_demo_run_is_recorded_listed_and_logged(
+    dbserver_service: Service, env: dict[str, str]
+) -> None:
+    run = oqz("run", "demo", "--size", "tiny", env=env)
+    assert run.returncode == 0, run.stderr
+    listing = oqz("list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    header, row = listing.stdout.splitlines()[:2]
+    assert header.split()[:3] == ["id", "status", "user"]
+    assert row.split()[:2] == ["1", "complete"] and "demo tiny (seed 42)" in row
+    log = oqz("show", "log", "1", env=env)
+    assert log.returncode == 0, log.stderr
+    assert "calculation 1 executing" in log.stdout and "calculation 1 complete" in log.stdout
+    listed = json.loads(oqz("list", "--json", env=env).stdout)
+    datastore = Path(listed["calcs"][0]["datastore"])
+    assert datastore.name == "calc_1.hdf5" and datastore.is_file()
+    assert datastore.is_relative_to(Path(env["OQ_CONFIG_FILE"]).parent / "shared")
+
+
+def test_running_without_a_dbserver_says_how_to_fix_it(env: dict[str, str]) -> None:
+    result = oqz("run", "demo", "--size", "tiny", env=env)
+    assert result.returncode == 2
+    assert "oqz: error:" in result.stderr and "oqz dbserver start" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_abort_of_a_finished_or_unknown_calculation_is_explained(
+    dbserver_service: Service, env: dict[str, str]
+) -> None:
+    assert oqz("run", "demo", "--size", "tiny", env=env).returncode == 0
+    finished = oqz("abort", "1", env=env)
+    assert finished.returncode == 2 and "calculation 1 is complete" in finished.stderr
+    unknown = oqz("abort", "7", env=env)
+    assert unknown.returncode == 2 and "there is no calculation 7" in unknown.stderr
+
+
+def test_abort_of_a_calculation_whose_process_died_marks_it_failed(
+    dbserver_service: Service, env: dict[str, str]
+) -> None:
+    from oqzmq.config import load_config
+    from oqzmq.dbserver import DbClient
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    os.environ["OQ_CONFIG_FILE"] = env["OQ_CONFIG_FILE"]
+    try:
+        with DbClient(load_config()) as client:
+            calc = client.call("create_calc", host=socket.gethostname(), pid=dead.pid)
+            client.call("set_status", calc_id=calc["id"], status="executing")
+    finally:
+        del os.environ["OQ_CONFIG_FILE"]
+    result = oqz("abort", str(calc["id"]), env=env)
+    assert result.returncode == 0 and "marked it failed" in result.stdout
+    assert f"{calc['id']}  failed" in " ".join(oqz("list", env=env).stdout.split("  "))
+
+
+def test_the_webui_runs_in_the_foreground_until_sigterm(
+    dbserver_service: Service, env: dict[str, str], tmp_path: Path, unused_port
+) -> None:
+    import urllib.request
+
+    port = unused_port()
+    webui_dir = tmp_path / "webui"
+    webui_dir.mkdir()
+    service = Service([*OQZ, "webui", "start", "--port", str(port)], env, webui_dir)
+    try:
+        service.wait_ready()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/calc/list", timeout=10) as r:
+            assert r.status == 200 and r.headers["X-Total-Count"] == "0"
+        started = time.monotonic()
+        code, _ = service.terminate()
+        assert code == 0 and time.monotonic() - started < 10
+    finally:
+        service.close()
