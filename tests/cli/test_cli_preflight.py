@@ -20,22 +20,32 @@ PLAYBOOK = Path(__file__).parent / "preflight_then_connect.yml"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
-def run_preflight(inventory: Path) -> subprocess.CompletedProcess[str]:
+def start_preflight(inventory: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
-    return subprocess.run(
+    return subprocess.Popen(
         [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(PLAYBOOK)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
 
+@pytest.fixture(scope="module")
+def runs() -> dict[str, tuple[int, str]]:
+    """(exit code, output) of the test playbook on every test inventory, run concurrently."""
+    cases = [*sorted(BAD_INVENTORIES), "good"]
+    started = {case: start_preflight(INVENTORIES / case) for case in cases}
+    outputs = {case: process.communicate(timeout=180)[0] for case, process in started.items()}
+    return {case: (started[case].returncode, outputs[case]) for case in cases}
+
+
 @pytest.mark.parametrize("case", sorted(BAD_INVENTORIES))
-def test_preflight_fails_naming_the_problem_without_connecting(case: str) -> None:
+def test_preflight_fails_naming_the_problem_without_connecting(
+    case: str, runs: dict[str, tuple[int, str]]
+) -> None:
     host, variable, words = BAD_INVENTORIES[case]
 
-    run = run_preflight(INVENTORIES / case)
+    returncode, output = runs[case]
 
-    output = run.stdout + run.stderr
-    assert run.returncode != 0, output
+    assert returncode != 0, output
     assert f"inventory: {host}: {variable}: " in output
     assert words in output
     assert "1 inventory problem(s)" in output
@@ -43,10 +53,11 @@ def test_preflight_fails_naming_the_problem_without_connecting(case: str) -> Non
     assert "Connect to every host" not in output
 
 
-def test_preflight_passes_a_good_inventory_and_the_next_play_connects() -> None:
-    run = run_preflight(INVENTORIES / "good")
+def test_preflight_passes_a_good_inventory_and_the_next_play_connects(
+    runs: dict[str, tuple[int, str]],
+) -> None:
+    _, output = runs["good"]
 
-    output = run.stdout + run.stderr
     assert "inventory OK: 1 master, 3 worker(s)" in output, output
     assert "Connect to every host" in output
     assert "UNREACHABLE" in output

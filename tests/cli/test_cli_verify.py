@@ -1,0 +1,153 @@
+"""`oqcluster verify` on this machine through testinfra's real ansible backend.
+
+The inventory's hosts use `ansible_connection: local`, so every check really runs (commands,
+TCP connections, pytest on the packaged node tests) against this machine, which is not a
+provisioned node: the tests assert what passes, what fails and what the report says.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_cases import ROOT
+
+from oqcluster.cli import main
+from oqcluster.inventory import Inventory
+from oqcluster.project import find_project
+from oqcluster.verify import cluster as checks
+from oqcluster.verify import report
+from oqcluster.verify.context import Context, build_context
+from oqcluster.verify.nodes import run_node_tests
+from oqcluster.verify.results import Status
+from oqcluster.verify.smoke import parse_tasks_per_host
+
+MISSING_USER = "oqverify-nosuchuser"
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    """A port on 127.0.0.1 that accepts connections."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        yield server.getsockname()[1]
+
+
+def free_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        return int(server.getsockname()[1])
+
+
+def local_inventory(directory: Path, dbserver_port: int, ctrl_port: int) -> Path:
+    inventory = directory / "hosts.yml"
+    inventory.write_text(f"""
+all:
+  vars:
+    ansible_connection: local
+    oq_authkey: verify-test-authkey-0123456789abcdefghijkl
+    oq_user: {MISSING_USER}
+    oq_dbserver_port: {dbserver_port}
+    oq_ctrl_port: {ctrl_port}
+    oq_receiver_port_first: 40001
+    oq_receiver_port_last: 40002
+    oq_webui_port: 40003
+  children:
+    master: {{hosts: {{m1: {{oq_address: 127.0.0.1}}}}}}
+    workers: {{hosts: {{w1: {{oq_address: 127.0.0.1}}}}}}
+""")
+    return inventory
+
+
+def context(inventory: Path) -> Context:
+    return build_context(str(inventory), Inventory([str(inventory)], find_project().defaults),
+                         None)
+
+
+def test_ports_are_probed_from_the_workers_and_from_the_master(
+    project_root: Path, tmp_path: Path, listener: int
+) -> None:
+    closed = free_port()
+    ctx = context(local_inventory(tmp_path, dbserver_port=listener, ctrl_port=closed))
+
+    dbserver = list(checks.dbserver_reachable(ctx))
+    receivers = list(checks.receiver_ports_reachable(ctx))
+    workerpool = list(checks.workerpools_reachable(ctx))
+
+    assert [(r.host, r.status, r.found) for r in dbserver] == [("w1", Status.PASS, "open")]
+    assert [(r.host, r.status) for r in receivers] == [("w1", Status.PASS)]
+    assert [(r.host, r.status) for r in workerpool] == [("w1", Status.FAIL)]
+    assert "no workerpool runs" in workerpool[0].found
+    assert "oqz workers start" in workerpool[0].fix
+
+
+def test_ssh_check_reports_the_missing_account(project_root: Path, tmp_path: Path) -> None:
+    ctx = context(local_inventory(tmp_path, free_port(), free_port()))
+
+    [result] = checks.ssh_master_to_workers(ctx)
+
+    assert result.status == Status.FAIL
+    assert MISSING_USER in result.found
+
+
+def test_node_tests_run_per_host_and_say_expected_found_fix(
+    project_root: Path, tmp_path: Path
+) -> None:
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+
+    results = {r.check: r for r in run_node_tests(str(inventory), "m1", ROOT)}
+
+    user = results["user has the fixed uid and group"]
+    assert (user.host, user.status) == ("m1", Status.FAIL)
+    assert (user.expected, user.found) == (f"user {MISSING_USER}", "no such user")
+    assert "--tags config" in user.fix
+    assert results["worker trusts the masters key"].status == Status.SKIP  # m1 is the master
+
+
+def test_verify_refuses_a_bad_inventory(
+    project_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["verify", "-i", str(ROOT / "tests/inventories/zero-cores")])
+
+    assert code == 1
+    assert "not verifying" in capsys.readouterr().err
+
+
+def test_verify_reports_json_and_junit_and_fails(
+    project_root: Path, tmp_path: Path, listener: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = local_inventory(tmp_path, dbserver_port=listener, ctrl_port=free_port())
+    junit = tmp_path / "verify.xml"
+
+    code = main(["verify", "-i", str(inventory), "--limit", "w1", "--json",
+                 "--junit", str(junit), "--no-smoke"])
+
+    data = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert data["ok"] is False
+    by_check = {(r["host"], r["check"]): r for r in data["results"]}
+    assert by_check[("w1", "user has the fixed uid and group")]["status"] == "fail"
+    assert not any(host == "m1" and "uid" in check for host, check in by_check)  # --limit
+    suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
+    assert int(suites["w1"].get("failures", "0")) >= 1
+    failure = next(case.find("failure") for case in suites["w1"].iter("testcase")
+                   if case.find("failure") is not None)
+    assert "fix: " in (failure.text or "")
+
+
+def test_smoke_output_gives_tasks_per_address() -> None:
+    stdout = "calculation 3 done\ntasks/host: 10.0.0.11: 3, fe80::2: 5, 10.0.0.12: 0\n"
+
+    assert parse_tasks_per_host(stdout) == {"10.0.0.11": 3, "fe80::2": 5, "10.0.0.12": 0}
+    assert parse_tasks_per_host("no such line") == {}
+
+
+def test_summary_line_says_broken_when_anything_failed() -> None:
+    from oqcluster.verify.results import failed, passed
+
+    results = [passed("a", "x"), failed("b", "y", "open", "timeout", "open the port")]
+
+    assert report.summary_line(results, 1.0).startswith("cluster BROKEN: 1 passed, 1 failed")
+    assert report.summary_line(results[:1], 1.0).startswith("cluster OK")
