@@ -1,0 +1,61 @@
+# oqcluster — every target does its own set-up (venv, Debian packages, dockerd,
+# node image) and can be run again. See README.md.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+export PATH := $(BIN):$(PATH)
+STAGE := scripts/stage.sh
+# Molecule scenarios run by `make test` (molecule/demo is the demo cluster, not a test).
+SCENARIOS ?= default
+STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml engine/pyproject.toml | sha256sum | cut -c1-12)
+
+.PHONY: help venv host-deps image demo demo-down test test-fast lint unit molecule clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(STAMP): requirements.lock pyproject.toml engine/pyproject.toml
+	@echo ">>> creating the control-node venv in $(VENV)"
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e . -e 'engine[webui]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create/refresh the control-node venv (.venv)
+
+host-deps: ## install docker.io, debootstrap, chromium; start dockerd (root or sudo)
+	@bash scripts/host-deps.sh
+
+image: host-deps ## build the Debian 12 systemd node image (cached by recipe hash)
+	@bash molecule/images/build.sh
+
+demo: venv host-deps ## bring up the local 3-node demo cluster and run the demo calculation
+	$(BIN)/oqcluster demo up
+
+demo-down: venv host-deps ## remove the demo cluster
+	$(BIN)/oqcluster demo down
+
+lint: venv ## ruff, yamllint, ansible-lint (production profile)
+	@$(STAGE) "lint: ruff" ruff check .
+	@$(STAGE) "lint: yamllint" yamllint --strict .
+	@$(STAGE) "lint: ansible-lint" ansible-lint --profile production
+
+unit: venv ## pytest: unit, golden-file, engine and CLI tests (no containers)
+	@$(STAGE) "pytest" pytest
+
+test-fast: lint unit ## everyday subset: lint + pytest, no containers
+
+molecule: venv image ## the Molecule scenarios (containers)
+	@for scenario in $(SCENARIOS); do \
+	    $(STAGE) "molecule test -s $$scenario" molecule test -s $$scenario; \
+	done
+
+test: host-deps lint unit molecule ## everything: lint, pytest, Molecule scenarios
+
+clean: ## remove the venv and caches (not the demo cluster: make demo-down)
+	rm -rf $(VENV) .pytest_cache .ruff_cache
