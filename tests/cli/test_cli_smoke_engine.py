@@ -1,0 +1,132 @@
+"""The smoke calculation against the bundled engine, on this machine (master = worker).
+
+A real dbserver and a real workerpool run from this venv on free loopback ports, with the
+openquake.cfg that `oqcluster render` writes; the verify checks then run through testinfra's
+local connection exactly as they would on a cluster.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_cases import ROOT
+
+from oqcluster.cli import main
+from oqcluster.inventory import Inventory
+from oqcluster.project import find_project
+from oqcluster.verify import cluster as checks
+from oqcluster.verify.context import Context, build_context
+from oqcluster.verify.results import Status
+from oqcluster.verify.smoke import smoke_calculation
+
+OQZ = Path(sys.executable).parent / "oqz"
+pytestmark = pytest.mark.slow
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` consecutive free TCP ports on 127.0.0.1."""
+    for base in range(42000, 60000, 97):
+        ports = list(range(base, base + count))
+        if all(_free(port) for port in ports):
+            return ports
+    raise RuntimeError("no free port range on 127.0.0.1")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def write_inventory(directory: Path) -> Path:
+    dbserver, ctrl, webui, first, *_, last = free_ports(7)
+    inventory = directory / "hosts.yml"
+    inventory.write_text(f"""
+all:
+  vars:
+    ansible_connection: local
+    ansible_python_interpreter: {sys.executable}
+    oq_authkey: smoke-test-authkey-0123456789abcdefghijklmnop
+    oq_user: {getpass.getuser()}
+    oq_install_dir: {Path(sys.executable).parents[2]}
+    oq_venv_dir: {Path(sys.executable).parents[1]}
+    oq_config_dir: {directory}/etc
+    oq_shared_dir: {directory}/shared
+    oq_state_dir: {directory}/state
+    oq_dbserver_file: {directory}/state/db.sqlite3
+    oq_dbserver_port: {dbserver}
+    oq_ctrl_port: {ctrl}
+    oq_webui_port: {webui}
+    oq_receiver_port_first: {first}
+    oq_receiver_port_last: {last}
+  children:
+    master: {{hosts: {{node: {{oq_address: 127.0.0.1}}}}}}
+    workers: {{hosts: {{node: {{oq_cores: 2}}}}}}
+""")
+    return inventory
+
+
+def oqz(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(OQZ), *args], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def wait_for_dbserver(env: dict[str, str]) -> None:
+    deadline = time.monotonic() + 20
+    while oqz(env, "dbserver", "status").returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the dbserver did not answer within 20s")
+        time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def running_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context]:
+    """A one-node cluster: dbserver and workerpool of this venv, stopped afterwards."""
+    tmp_path = tmp_path_factory.mktemp("engine")
+    inventory = write_inventory(tmp_path)
+    for sub in ("etc", "shared", "state"):
+        (tmp_path / sub).mkdir()
+    assert main(["render", "-i", str(inventory), "--out", str(tmp_path / "rendered")]) == 0
+    (tmp_path / "rendered/node/openquake.cfg").rename(tmp_path / "etc/openquake.cfg")
+    env = {**os.environ, "OQ_CONFIG_FILE": str(tmp_path / "etc/openquake.cfg")}
+    dbserver = subprocess.Popen([str(OQZ), "dbserver", "start"], env=env, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_dbserver(env)
+        started = oqz(env, "workers", "start")
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield build_context(str(inventory), Inventory([str(inventory)],
+                                                      find_project().defaults), None)
+    finally:
+        oqz(env, "workers", "stop")
+        dbserver.terminate()
+        dbserver.wait(timeout=20)
+
+
+def test_smoke_calculation_runs_on_the_engine_and_counts_tasks_per_worker(
+    running_engine: Context,
+) -> None:
+    results = list(smoke_calculation(running_engine))
+
+    assert [(r.check, r.status) for r in results] == [
+        ("smoke calculation (oqz run demo, 4 tasks, zmq)", Status.PASS),
+        ("computed tasks of the smoke calculation", Status.PASS),
+    ]
+    assert results[1].found == "4 task(s)"
+
+
+def test_engine_ports_and_config_pass_on_a_running_engine(running_engine: Context) -> None:
+    results = [
+        *checks.dbserver_reachable(running_engine),
+        *checks.workerpools_reachable(running_engine),
+        *checks.config_agrees(running_engine),
+    ]
+
+    assert [r.status for r in results] == [Status.PASS] * 3, results
