@@ -1,0 +1,123 @@
+"""`oqz abort` on a real zmq calculation: its queued tasks are dropped on the workerpool, its
+receiver port is freed, and another calculation on the same pool carries on to completion."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from oqzmq import launcher
+from oqzmq.config import Config, load_config
+from oqzmq.dbserver import DbClient, DbServer
+
+POOL_HOST = "127.0.0.5"  # a loopback address of its own, standing in for a worker host
+OQZ = [sys.executable, "-m", "oqzmq.cli"]
+
+
+def _free_block(size: int) -> int:
+    for base in range(40000 + os.getpid() % 500 * 20, 60000, 20):
+        try:
+            for port in range(base, base + size):
+                for host in ("127.0.0.1", POOL_HOST):
+                    with socket.socket() as sock:
+                        sock.bind((host, port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free block of ports")
+
+
+def _port_is_free(port: int) -> bool:
+    """Whether a new receiver could bind it (zmq sets SO_REUSEADDR, as this does)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[tuple[Config, dict[str, str]]]:
+    base = _free_block(4)
+    path = tmp_path / "openquake.cfg"
+    path.write_text(
+        "[distribution]\noq_distribute = zmq\nserialize_jobs = false\n\n"
+        f"[dbserver]\nfile = {tmp_path / 'db.sqlite3'}\nlisten = 127.0.0.1\nhost = 127.0.0.1\n"
+        f"port = {base}\nreceiver_host = 127.0.0.1\nreceiver_ports = {base + 2}-{base + 3}\n"
+        "authkey = abort-test-secret-key-0123456789abcdef\n\n"
+        f"[zworkers]\nhost_cores = {POOL_HOST} 1\nctrl_port = {base + 1}\n\n"
+        f"[directory]\nshared_dir = {tmp_path / 'shared'}\n"
+    )
+    config = load_config(path)
+    server = DbServer(config)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    reports = launcher.start_pools(config, "local", wait=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OQ_")}
+    try:
+        assert all(r.ok for r in reports), reports
+        yield config, {**env, "OQ_CONFIG_FILE": str(path)}
+    finally:
+        launcher.query_pools(config, ("kill",), timeout=2)
+        server.stop()
+        thread.join(10)
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
+    config, env = cluster
+    client = DbClient(config)
+    second = None
+    long_run = subprocess.Popen(
+        [*OQZ, "run", "demo", "--sources", "600", "--sites", "500", "--tasks", "60"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait_for(lambda: client.call("list_calcs")["total"] == 1, 30, "the first calculation")
+        first = client.call("list_calcs")["calcs"][0]["id"]
+        _wait_for(lambda: not _port_is_free(config.receiver_ports[0]), 30, "its receiver")
+        second = subprocess.Popen(
+            [*OQZ, "run", "demo", "--size", "tiny"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        _wait_for(lambda: client.call("list_calcs")["total"] == 2, 30, "the second calculation")
+        started = time.monotonic()
+        abort = subprocess.run(
+            [*OQZ, "abort", str(first)], env=env, capture_output=True, text=True, timeout=60,
+            check=False,
+        )
+        assert abort.returncode == 0, abort.stderr
+        assert abort.stdout.strip() == f"calculation {first} aborted"
+        assert time.monotonic() - started < 15
+        assert long_run.wait(30) != 0  # the aborted run exits with an error status
+        assert _port_is_free(config.receiver_ports[0]), "the receiver port was not freed"
+        _, second_err = second.communicate(timeout=120)
+        assert second.returncode == 0, second_err
+    finally:
+        for process in (long_run, second):
+            if process is not None and process.poll() is None:
+                process.kill()
+                process.communicate()
+    calcs = {c["id"]: c["status"] for c in client.call("list_calcs")["calcs"]}
+    assert calcs[first] == "aborted" and set(calcs.values()) == {"aborted", "complete"}
+    status = launcher.query_pools(config, ("status",), timeout=3)[POOL_HOST]
+    assert status is not None, "the workerpool did not survive the abort"
+    assert status[4] == 0, "tasks of the aborted calculation are still queued"
+    log = [r["message"] for r in client.call("get_logs", calc_id=first)]
+    assert f"calculation {first}: abort requested, stopping its tasks" in log
+    client.close()
