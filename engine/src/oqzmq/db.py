@@ -112,10 +112,10 @@ class Calc:
         return max(0.0, end - self.start_time)
 
     def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
+        # by hand, not dataclasses.asdict: lists of thousands of calculations go through here
+        data = {name: getattr(self, name) for name in _CALC_JSON_FIELDS}
         data["duration"] = self.duration()
         data["has_traceback"] = bool(self.traceback)
-        del data["traceback"]
         return data
 
 
@@ -146,6 +146,7 @@ class TaskTiming:
 
 
 _CALC_COLUMNS = ", ".join(Calc.__dataclass_fields__)
+_CALC_JSON_FIELDS = tuple(name for name in Calc.__dataclass_fields__ if name != "traceback")
 
 
 def _calc_from_row(row: Sequence[Any]) -> Calc:
