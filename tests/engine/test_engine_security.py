@@ -61,7 +61,7 @@ def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_p
             markers[name] = marker
             body = protocol.dumps((touch, (str(marker), Monitor("x"))))
             body.append(pickle.dumps(Exploit(tmp_path / f"unpickled-{name}")))
-            meta = ("submit", "attack", 0, reply_endpoint)
+            meta = ("submit", "attack", reply_endpoint, [(0, len(body))])
             message = attacks(f"ctrl:{endpoint}", meta, body)
             if name == "replayed":
                 attacker.send_multipart(message["replay-original"])

@@ -39,7 +39,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -55,6 +55,10 @@ log = logging.getLogger(__name__)
 
 POOL_TIMEOUT = float(os.environ.get("OQ_POOL_TIMEOUT", "10"))
 PING_TIMEOUT = 5.0
+# Tasks submitted together travel together (fewer, larger messages for tiny tasks).
+BATCH_TASKS = 64
+BATCH_BYTES = 1 << 20
+BURST_GAP = 0.002
 
 
 @dataclass
@@ -69,10 +73,35 @@ class PoolHandle:
     size: int = 1
     outstanding: int = 0
     last_heard: float = 0.0
+    outbox: list[tuple[int, list[Buffer]]] = field(default_factory=list)
+    outbox_bytes: int = 0
+    token: str = ""  # the Starmap whose tasks go through this handle
+    reply_endpoint: str = ""
+    last_flush: float = 0.0
 
     @property
     def pool_id(self) -> str:
         return self.endpoint
+
+    def queue_task(self, task_no: int, frames: list[Buffer]) -> None:
+        """Send now if this is the first task of a burst, else batch it (sent when the batch
+        fills up, and at the latest when the Starmap is iterated)."""
+        quiet = not self.outbox and time.monotonic() - self.last_flush > BURST_GAP
+        self.outbox.append((task_no, frames))
+        self.outbox_bytes += protocol.nbytes(frames)
+        if quiet or len(self.outbox) >= BATCH_TASKS or self.outbox_bytes >= BATCH_BYTES:
+            self.flush_tasks()
+
+    def flush_tasks(self) -> None:
+        """Send the queued tasks in one message: ("submit", token, endpoint, [(no, nframes)])."""
+        if not self.outbox:
+            return
+        index = [(task_no, len(frames)) for task_no, frames in self.outbox]
+        body = [frame for _, frames in self.outbox for frame in frames]
+        self.send(("submit", self.token, self.reply_endpoint, index), body)
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        self.last_flush = time.monotonic()
 
     def send(self, meta: Any, body: list[Buffer] | tuple[()] = ()) -> None:
         protocol.send(self.sock, self.signer, meta, body)
@@ -219,8 +248,7 @@ class Starmap:
             pool.last_heard = max(pool.last_heard, time.monotonic())
         pool.outstanding += 1
         self._outstanding[task_no] = pool
-        pool.send(("submit", self.token, task_no, self.endpoint),
-                  protocol.dumps((self.func, full_args)))
+        pool.queue_task(task_no, protocol.dumps((self.func, full_args)))
         return task_no
 
     def _choose_pool(self, host: str | None) -> PoolHandle:
@@ -255,6 +283,8 @@ class Starmap:
         else:
             raise UserError(f"unknown distribution mode {self.distribute!r}")
         self._verifier = Verifier(authkey, f"recv:{self.endpoint}")
+        for pool in self._pools:
+            pool.token, pool.reply_endpoint = self.token, self.endpoint
         silent = ping_pools(self._pools, timeout)
         if silent:
             names = ", ".join(f"{p.host} ({p.endpoint})" for p in silent)
@@ -323,24 +353,36 @@ class Starmap:
         assert self._receiver is not None
         last_check = time.monotonic()
         while self._outstanding:
+            for pool in self._pools:
+                pool.flush_tasks()
             if time.monotonic() - last_check > 1.0:
                 last_check = time.monotonic()
                 self._check_pools()
             if not self._receiver.poll(250):
                 continue
             message = protocol.recv(self._receiver, self._verifier)
-            if message is None or message.meta[1] not in (self.token, ""):
+            if message is None:
                 continue
-            kind, _, task_no, pool_id = message.meta[:4]
-            self._heard(pool_id)
-            if kind == "heartbeat":
-                continue
-            if task_no in self._done:
-                continue
-            if kind in ("result", "last"):
-                yield message.payload()
-            if kind != "result":
-                self._finish(task_no, kind, message.meta[4], pool_id)
+            if message.meta[0] == "batch":
+                _, pool_id, entries = message.meta
+                self._heard(pool_id)
+                offset = 0
+                for meta, nframes in entries:
+                    yield from self._handle(meta, message.body[offset:offset + nframes])
+                    offset += nframes
+            else:
+                self._heard(message.meta[3])
+                yield from self._handle(message.meta, message.body)
+
+    def _handle(self, meta: tuple[Any, ...], body: list[memoryview]) -> Iterator[Any]:
+        """One message of a task: "result", "last", "end", "error", "lost" or "heartbeat"."""
+        kind, token, task_no, pool_id = meta[:4]
+        if token != self.token or kind == "heartbeat" or task_no in self._done:
+            return
+        if kind in ("result", "last"):
+            yield protocol.loads(body)
+        if kind != "result":
+            self._finish(task_no, kind, meta[4], pool_id)
 
     def _heard(self, pool_id: str) -> None:
         now = time.monotonic()

@@ -115,6 +115,51 @@ class ReceiverSockets:
         self._sockets.clear()
 
 
+class Outbox:
+    """Results waiting to leave a worker: small messages are sent together, per receiver.
+
+    Big messages (partial results of generator tasks) go at once, so memory stays bounded;
+    the rest is flushed when FLUSH_SECONDS have passed, so only tiny tasks are batched.
+    """
+
+    def __init__(self, receivers: ReceiverSockets, pool_id: str) -> None:
+        self.receivers = receivers
+        self.pool_id = pool_id
+        self.pending: dict[str, list[tuple[tuple[Any, ...], Sequence[Buffer]]]] = {}
+        self.nbytes = 0
+        self.since = time.monotonic()
+
+    def add(self, endpoint: str, meta: tuple[Any, ...], frames: Sequence[Buffer]) -> None:
+        size = protocol.nbytes(frames)
+        if size >= BATCH_BYTES:
+            self.flush()  # keep the order of this task's messages
+            sock, signer = self.receivers.get(endpoint)
+            protocol.send(sock, signer, meta, frames)
+            return
+        if not self.pending:
+            self.since = time.monotonic()
+        self.pending.setdefault(endpoint, []).append((meta, frames))
+        self.nbytes += size
+        if self.nbytes >= BATCH_BYTES:
+            self.flush()
+
+    def due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.since >= FLUSH_SECONDS
+
+    def flush(self) -> None:
+        for endpoint, messages in self.pending.items():
+            sock, signer = self.receivers.get(endpoint)
+            entries = [(meta, len(frames)) for meta, frames in messages]
+            body = [frame for _, frames in messages for frame in frames]
+            protocol.send(sock, signer, ("batch", self.pool_id, entries), body)
+        self.pending.clear()
+        self.nbytes = 0
+
+
+BATCH_BYTES = 256 * 1024
+FLUSH_SECONDS = 0.01
+
+
 def worker_main(
     pool_endpoint: str,
     authkey: str,
@@ -137,6 +182,7 @@ def worker_main(
     to_pool = Signer(authkey, f"pool:{pool_endpoint}")
     from_pool = Verifier(authkey, f"worker:{pool_endpoint}")
     receivers = ReceiverSockets(context, authkey)
+    outbox = Outbox(receivers, pool_id)
     parent = os.getppid()
     protocol.send(dealer, to_pool, ("ready", os.getpid()))
     try:
@@ -148,27 +194,43 @@ def worker_main(
                 continue
             if message.meta[0] == "stop":
                 break
-            _run_assigned(message, host, pool_id, receivers)
-            protocol.send(dealer, to_pool, ("done", message.meta[1], message.meta[2]))
+            _run_batch(message, host, outbox, dealer, to_pool)
     finally:
         receivers.close()
         dealer.close(linger=1000)
         context.term()
 
 
-def _run_assigned(
-    message: protocol.Received, host: str, pool_id: str, receivers: ReceiverSockets
+def _run_batch(
+    message: protocol.Received, host: str, outbox: Outbox, dealer: zmq.Socket, to_pool: Signer
 ) -> None:
-    _, token, task_no, endpoint = message.meta[:4]
-    sock, signer = receivers.get(endpoint)
+    """Run the tasks of one ("tasks", index) message; report them done as results leave."""
+    done, busy, offset = 0, 0.0, 0
+    for token, task_no, endpoint, nframes in message.meta[1]:
+        started = time.perf_counter()
+        _run_one(token, task_no, endpoint, message.body[offset:offset + nframes], host, outbox)
+        offset += nframes
+        done += 1
+        busy += time.perf_counter() - started
+        if outbox.due() or not outbox.pending:
+            outbox.flush()
+            protocol.send(dealer, to_pool, ("done", done, busy))
+            done, busy = 0, 0.0
+    outbox.flush()
+    if done:
+        protocol.send(dealer, to_pool, ("done", done, busy))
 
+
+def _run_one(
+    token: str, task_no: int, endpoint: str, body: list[memoryview], host: str, outbox: Outbox
+) -> None:
     def emit(kind: str, info: dict[str, Any] | None, frames: Sequence[Buffer]) -> None:
-        meta = (kind, token, task_no, pool_id) if info is None else (
-            kind, token, task_no, pool_id, info)
-        protocol.send(sock, signer, meta, frames)
+        meta = (kind, token, task_no, outbox.pool_id) if info is None else (
+            kind, token, task_no, outbox.pool_id, info)
+        outbox.add(endpoint, meta, frames)
 
     try:
-        func, args = message.payload()
+        func, args = protocol.loads(body)
     except Exception:
         hint = (f"cannot unpickle the task on host {host}: its function and arguments must be "
                 "importable there (tasks defined in a script's __main__ work in processpool "

@@ -7,17 +7,19 @@ secret comes from openquake.cfg (``[dbserver] authkey``), or from standard input
 
 Control messages (``meta`` tuples from a master's DEALER; every one authenticated)::
 
-    ("submit", token, task_no, reply_endpoint)  body: pickled (func, args) - queued, no reply
+    ("submit", token, reply_endpoint, [(task_no, nframes), ...])
+                              body: each task's pickled (func, args) frames - queued, no reply
     ("cancel", token)         drop the queued tasks of a calculation
     ("ping",) ("status",) ("inspect",)     replies: see _reply_*
     ("stop",)                 finish running tasks, then exit
     ("kill",)                 kill the worker processes now (their tasks are reported lost)
 
-Tasks go to worker processes that have fewer than ``PREFETCH`` tasks; a worker sends "done"
-after each. Every ``HEARTBEAT`` seconds the pool tells each receiver with tasks here that it is
-alive; a worker process that dies turns its running task into a "lost" report naming the
-task, host and signal, its queued-but-unstarted tasks go to other workers, and a new worker
-process replaces it.
+Tasks go to worker processes in batches, up to a prefetch depth that adapts to the observed
+task duration (deep for tiny tasks, so messages carry many; shallow for long ones, so no
+worker hoards work); workers report finished tasks with "done". Every ``HEARTBEAT`` seconds
+the pool tells each receiver with tasks here that it is alive; a worker process that dies
+turns its running task into a "lost" report naming the task, host and signal, its
+queued-but-unstarted tasks go to other workers, and a new worker process replaces it.
 """
 
 from __future__ import annotations
@@ -45,7 +47,9 @@ from oqzmq.worker import ReceiverSockets, worker_main
 
 log = logging.getLogger("oqzmq.workerpool")
 
-PREFETCH = 2
+PREFETCH_SHORT = 32  # tasks per worker when tasks take less than SHORT_TASK seconds
+PREFETCH_LONG = 2
+SHORT_TASK = 0.02
 HEARTBEAT = 1.0
 CHECK_CHILDREN = 0.2
 
@@ -102,6 +106,7 @@ class WorkerPool:
         self._to_workers = Signer(authkey, f"worker:{self.workers_endpoint}")
         self.receivers = ReceiverSockets(self.context, authkey)
         self.queue: deque[Task] = deque()
+        self.mean_task_time = 1.0  # moving average of task durations (starts as "long")
         self.slots: dict[bytes, WorkerSlot] = {}
         self._generation = 0
         self.stopping = False
@@ -188,16 +193,19 @@ class WorkerPool:
                     log.exception("bad message %r", message.meta)
 
     def _dispatch(self) -> None:
-        while self.queue:
-            ready = [s for s in self.slots.values() if s.ready and len(s.assigned) < PREFETCH]
-            if not ready:
+        depth = PREFETCH_SHORT if self.mean_task_time < SHORT_TASK else PREFETCH_LONG
+        ready = [s for s in self.slots.values() if s.ready and len(s.assigned) < depth]
+        # share what is queued fairly: no worker takes more than its part of the queue
+        share = max(1, -(-len(self.queue) // max(1, len(ready))))
+        for slot in sorted(ready, key=lambda s: len(s.assigned)):
+            batch = [self.queue.popleft()
+                     for _ in range(min(share, depth - len(slot.assigned), len(self.queue)))]
+            if not batch:
                 return
-            slot = min(ready, key=lambda s: len(s.assigned))
-            task = self.queue.popleft()
-            slot.assigned.append(task)
-            protocol.send(self.workers_sock, self._to_workers,
-                          ("task", task.token, task.task_no, task.endpoint), task.body,
-                          envelope=[slot.ident])
+            slot.assigned.extend(batch)
+            index = [(t.token, t.task_no, t.endpoint, len(t.body)) for t in batch]
+            protocol.send(self.workers_sock, self._to_workers, ("tasks", index),
+                          [frame for t in batch for frame in t.body], envelope=[slot.ident])
 
     def _heartbeat(self) -> None:
         endpoints = {t.endpoint for t in self.queue}
@@ -214,18 +222,26 @@ class WorkerPool:
         kind = message.meta[0]
         if kind == "ready":
             slot.ready = True
-        elif kind == "done" and slot.assigned:
-            slot.assigned.popleft()
+        elif kind == "done":
+            _, count, seconds = message.meta
+            for _ in range(min(count, len(slot.assigned))):
+                slot.assigned.popleft()
+            if count:
+                self.mean_task_time = 0.7 * self.mean_task_time + 0.3 * seconds / count
 
     def _on_ctrl(self, message: protocol.Received) -> None:
         command = message.meta[0]
         if command == "submit":
-            _, token, task_no, endpoint = message.meta
-            if self.stopping:
-                self._report_lost(Task(token, task_no, endpoint, []), f"workerpool on "
-                                  f"{self.host} is stopping and refused task {task_no}")
-                return
-            self.queue.append(Task(token, task_no, endpoint, message.body))
+            _, token, endpoint, index = message.meta
+            offset = 0
+            for task_no, nframes in index:
+                task = Task(token, task_no, endpoint, message.body[offset:offset + nframes])
+                offset += nframes
+                if self.stopping:
+                    self._report_lost(task, f"workerpool on {self.host} is stopping and "
+                                            f"refused task {task_no}")
+                else:
+                    self.queue.append(task)
             return
         if command == "cancel":
             token = message.meta[1]
