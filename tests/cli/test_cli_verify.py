@@ -22,7 +22,6 @@ from oqcluster.project import find_project
 from oqcluster.verify import cluster as checks
 from oqcluster.verify import report
 from oqcluster.verify.context import Context, build_context
-from oqcluster.verify.nodes import run_node_tests
 from oqcluster.verify.results import Status
 from oqcluster.verify.smoke import parse_tasks_per_host
 
@@ -92,20 +91,6 @@ def test_ssh_check_reports_the_missing_account(project_root: Path, tmp_path: Pat
     assert MISSING_USER in result.found
 
 
-def test_node_tests_run_per_host_and_say_expected_found_fix(
-    project_root: Path, tmp_path: Path
-) -> None:
-    inventory = local_inventory(tmp_path, free_port(), free_port())
-
-    results = {r.check: r for r in run_node_tests(str(inventory), "m1", ROOT)}
-
-    user = results["user has the fixed uid and group"]
-    assert (user.host, user.status) == ("m1", Status.FAIL)
-    assert (user.expected, user.found) == (f"user {MISSING_USER}", "no such user")
-    assert "--tags config" in user.fix
-    assert results["worker trusts the masters key"].status == Status.SKIP  # m1 is the master
-
-
 def test_verify_refuses_a_bad_inventory(
     project_root: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -128,7 +113,12 @@ def test_verify_reports_json_and_junit_and_fails(
     assert code == 1
     assert data["ok"] is False
     by_check = {(r["host"], r["check"]): r for r in data["results"]}
-    assert by_check[("w1", "user has the fixed uid and group")]["status"] == "fail"
+    user = by_check[("w1", "user has the fixed uid and group")]
+    assert (user["status"], user["expected"], user["found"]) == (
+        "fail", f"user {MISSING_USER}", "no such user")
+    assert "--tags config" in user["fix"]
+    assert by_check[("w1", "master services run enabled in the openquake slice")][
+        "status"] == "skip"  # w1 is not the master
     assert not any(host == "m1" and "uid" in check for host, check in by_check)  # --limit
     suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
     assert int(suites["w1"].get("failures", "0")) >= 1
