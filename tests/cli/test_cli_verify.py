@@ -75,11 +75,22 @@ def test_ports_are_probed_from_the_workers_and_from_the_master(
     receivers = list(checks.receiver_ports_reachable(ctx))
     workerpool = list(checks.workerpools_reachable(ctx))
 
-    assert [(r.host, r.status, r.found) for r in dbserver] == [("w1", Status.PASS, "open")]
-    assert [(r.host, r.status) for r in receivers] == [("w1", Status.PASS)]
-    assert [(r.host, r.status) for r in workerpool] == [("w1", Status.FAIL)]
-    assert "no workerpool runs" in workerpool[0].found
+    assert [(r.host, r.status) for r in dbserver] == [("m1", Status.PASS), ("w1", Status.PASS)]
+    assert [(r.host, r.status, r.found) for r in receivers] == [("w1", Status.PASS, "open")]
+    assert [(r.host, r.status, r.found) for r in workerpool] == [("w1", Status.FAIL, "refused")]
+    assert workerpool[0].check == f"workerpool listens on 127.0.0.1:{closed}"
     assert "oqz workers start" in workerpool[0].fix
+
+
+def test_a_dbserver_that_does_not_listen_is_blamed_on_the_master(
+    project_root: Path, tmp_path: Path
+) -> None:
+    ctx = context(local_inventory(tmp_path, dbserver_port=free_port(), ctrl_port=free_port()))
+
+    [result] = checks.dbserver_reachable(ctx)
+
+    assert (result.host, result.status, result.found) == ("m1", Status.FAIL, "refused")
+    assert "openquake-dbserver" in result.fix
 
 
 def test_ssh_check_reports_the_missing_account(project_root: Path, tmp_path: Path) -> None:

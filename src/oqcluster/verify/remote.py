@@ -37,6 +37,20 @@ for port in sys.argv[3:]:
 print(json.dumps(states))
 """
 
+# Runs on a node: accept (and drop) connections on address:port for a few seconds.
+LISTENER = """
+import socket, sys, time
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+server = socket.create_server((sys.argv[1], int(sys.argv[2])), family=family)
+server.settimeout(0.5)
+deadline = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < deadline:
+    try:
+        server.accept()[0].close()
+    except OSError:
+        pass
+"""
+
 
 def ensure_ansible_on_path() -> None:
     """testinfra runs `ansible-inventory`: make this venv's Ansible the one it finds."""
