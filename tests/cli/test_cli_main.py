@@ -1,0 +1,43 @@
+"""The `oqcluster` entry point: subcommand registration and the optional demo module."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oqcluster import cli
+
+OQCLUSTER = Path(sys.executable).parent / "oqcluster"
+
+
+def test_console_script_lists_the_subcommands() -> None:
+    run = subprocess.run([str(OQCLUSTER), "--help"], capture_output=True, text=True,
+                         check=False, timeout=60)
+
+    assert run.returncode == 0, run.stderr
+    for command in ("check", "render", "verify"):
+        assert command in run.stdout
+
+
+def test_a_subcommand_module_that_does_not_exist_yet_is_left_out() -> None:
+    assert cli._optional_module("oqcluster.no_such_command") is None
+
+
+def test_a_broken_subcommand_module_is_not_hidden(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "oqbroken_cmd.py").write_text("import no_such_dependency_xyz\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        cli._optional_module("oqbroken_cmd")
+
+
+def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([])
+
+    assert exit_info.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
