@@ -168,6 +168,8 @@ def test_the_webui_runs_in_the_foreground_until_sigterm(
         service.wait_ready()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/calc/list", timeout=10) as r:
             assert r.status == 200 and r.headers["X-Total-Count"] == "0"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert "No calculations yet: run one with <code>oqz run demo" in r.read().decode()
         started = time.monotonic()
         code, _ = service.terminate()
         assert code == 0 and time.monotonic() - started < 10

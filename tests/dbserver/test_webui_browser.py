@@ -44,6 +44,7 @@ def test_the_list_page_is_refreshed_from_the_api_by_its_script(webui, tmp_path: 
     assert rows == [str(ids["running"]), str(ids["failed"]), str(ids["complete"])]
     assert 'class="status failed">failed<' in dom and "hazard &lt;demo&gt;" in dom
     assert re.search(r'id="total">3 recorded<', dom)
+    assert 'id="workers">workerpools: 10.0.0.2 1/4 busy<' in dom
 
 
 def test_a_running_calculation_page_follows_its_log(webui, tmp_path: Path) -> None:

@@ -51,7 +51,7 @@ def run_calculation(args: argparse.Namespace) -> int:
         if args.calc_id is not None:
             raise UserError("--calc-id needs OQ_DATABASE=none: the dbserver numbers the "
                             "calculations it records")
-        description = f"demo {args.size} (seed {args.seed})"
+        description = _description(args)
         with calculation(config, description, calculation_mode="demo") as calc:
             result = run_demo(config, args.size, args.seed, args.distribute, calc.id,
                               args.sources, args.sites, args.tasks)
@@ -64,3 +64,12 @@ def run_calculation(args: argparse.Namespace) -> int:
     print(f"max PoE:    {result.max_poe:.4f} in 50 years")
     print(f"tasks/host: {hosts}")
     return 0
+
+
+def _description(args: argparse.Namespace) -> str:
+    """What the calculation list shows: the preset, or the exact size when overridden."""
+    if args.sources is None and args.sites is None and args.tasks is None:
+        return f"demo {args.size} (seed {args.seed})"
+    sources, sites, tasks = (given or preset for given, preset in zip(
+        (args.sources, args.sites, args.tasks), SIZES[args.size], strict=True))
+    return f"demo {sources} sources x {sites} sites, {tasks} tasks (seed {args.seed})"

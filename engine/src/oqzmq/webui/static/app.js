@@ -34,8 +34,9 @@ async function getJSON(url) {
 }
 
 async function refreshList(table) {
-  const rows = table.tBodies[0].rows.length;
+  const rows = table.tBodies[0].querySelectorAll("tr[data-id]").length;
   const [calcs, response] = await getJSON(`/v1/calc/list?limit=${Math.max(rows, 100)}`);
+  if (calcs.length === 0) return;
   table.tBodies[0].innerHTML = calcs.map((c) => `<tr data-id="${c.id}">
       <td><a href="/calc/${c.id}">${c.id}</a></td>
       <td><span class="status ${text(c.status)}">${text(c.status)}</span></td>
@@ -68,6 +69,16 @@ async function refreshCalc(facts) {
   }
 }
 
+async function refreshWorkers(line) {
+  const response = await fetch("/v1/workers/status");
+  if (!response.ok) return;  // 503: no workerpools configured or reachable from the webui
+  const pools = await response.json();
+  line.innerHTML = "workerpools: " + pools.map(([host, running, total]) => running == null
+    ? `<span class="down">${text(host)} not answering</span>`
+    : `${text(host)} ${running}/${total} busy`).join(" · ");
+  line.hidden = pools.length === 0;
+}
+
 function every(seconds, refresh) {
   const tick = () => refresh().catch((error) => console.warn(error.message))
     .finally(() => setTimeout(tick, seconds * 1000));
@@ -76,5 +87,7 @@ function every(seconds, refresh) {
 
 const calcTable = document.getElementById("calcs");
 if (calcTable) every(5, () => refreshList(calcTable));
+const workersLine = document.getElementById("workers");
+if (workersLine) every(10, () => refreshWorkers(workersLine));
 const facts = document.getElementById("facts");
 if (facts && facts.dataset.running === "true") every(2, () => refreshCalc(facts));

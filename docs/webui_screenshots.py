@@ -1,0 +1,123 @@
+"""Regenerate docs/webui-list.png and docs/webui-calc.png from real calculations.
+
+    .venv/bin/python docs/webui_screenshots.py        (needs Debian's chromium; about 1 min)
+
+Starts a dbserver, two local workerpools on loopback addresses (standing in for worker
+hosts), runs demo calculations through `oqz run` (two complete, one aborted with `oqz abort`,
+one failing because a workerpool is down), serves the webui and screenshots it headless.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from oqzmq import launcher
+from oqzmq.config import load_config
+from oqzmq.dbserver import DbClient, DbServer
+
+DOCS = Path(__file__).parent
+OQZ = [sys.executable, "-m", "oqzmq.cli"]
+HOSTS = "127.0.0.6 2, 127.0.0.7 1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_config(directory: Path) -> Path:
+    base, receiver = free_port(), free_port()
+    path = directory / "openquake.cfg"
+    path.write_text(
+        "[distribution]\noq_distribute = zmq\nserialize_jobs = false\n\n"
+        f"[dbserver]\nfile = {directory / 'db.sqlite3'}\nlisten = 127.0.0.1\n"
+        f"host = 127.0.0.1\nport = {base}\nreceiver_host = 127.0.0.1\n"
+        f"receiver_ports = {receiver}-{receiver}\n"
+        "authkey = screenshot-secret-0123456789abcdefghij\n\n"
+        f"[zworkers]\nhost_cores = {HOSTS}\nctrl_port = {free_port()}\n\n"
+        f"[directory]\nshared_dir = {directory / 'shared'}\n"
+    )
+    return path
+
+
+def oqz(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*OQZ, *args], env=env, capture_output=True, text=True, check=False)
+
+
+def record_calculations(env: dict[str, str], config_path: Path) -> int:
+    """Run the calculations to show; return the id of the one for the per-calc page."""
+    config = load_config(config_path)
+    oqz(env, "run", "demo", "--size", "small")
+    oqz(env, "run", "demo", "--sources", "400", "--sites", "800", "--tasks", "24")
+    long_run = subprocess.Popen([*OQZ, "run", "demo", "--size", "medium"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with DbClient(config) as client:
+        while client.call("list_calcs")["total"] < 3:
+            time.sleep(0.2)
+        time.sleep(3)
+        oqz(env, "abort", str(client.call("list_calcs")["calcs"][0]["id"]))
+        long_run.wait(60)
+        launcher.query_pools(config, ("kill",), timeout=2)
+        oqz(env, "run", "demo", "--size", "tiny")
+        return int(client.call("list_calcs")["calcs"][2]["id"])
+
+
+def screenshot(url: str, target: Path, profile: Path, height: int) -> None:
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("chromium is not installed: apt-get install chromium")
+    subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", f"--window-size=1100,{height}", "--hide-scrollbars",
+         "--virtual-time-budget=2000", f"--screenshot={target}", url],
+        capture_output=True, check=True, timeout=90,
+    )
+    print(f"wrote {target}")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="oqz-shots-") as tmp:
+        directory = Path(tmp)
+        config_path = write_config(directory)
+        config = load_config(config_path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OQ_")}
+        env["OQ_CONFIG_FILE"] = str(config_path)
+        server = DbServer(config)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        webui = None
+        try:
+            reports = launcher.start_pools(config, "local", wait=60)
+            if not all(r.ok for r in reports):
+                raise SystemExit(f"workerpools did not start: {reports}")
+            calc_id = record_calculations(env, config_path)
+            port = free_port()
+            webui = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
+                                     stderr=subprocess.DEVNULL)
+            time.sleep(3)
+            base = f"http://127.0.0.1:{port}"
+            screenshot(f"{base}/", DOCS / "webui-list.png", directory / "profile", 420)
+            screenshot(f"{base}/calc/{calc_id}", DOCS / "webui-calc.png",
+                       directory / "profile", 1300)
+        finally:
+            if webui is not None:
+                webui.terminate()
+                webui.wait(20)
+            launcher.query_pools(config, ("kill",), timeout=2)
+            server.stop()
+            thread.join(10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
