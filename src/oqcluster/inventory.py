@@ -10,6 +10,7 @@ hostvars, so `oqcluster check` and the preflight see the same values.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
 
 # Per-host variables the rules read besides the role defaults.
 PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
+
+SECRET_FILE = Path("credentials/oq_authkey")  # beside the inventory: see the role defaults
 
 RawVars = Callable[[str], Mapping[str, Any]]
 
@@ -34,7 +37,7 @@ SPEC_KEYS = ("type", "choices", "elements", "options")
 
 def load_defaults(loader: DataLoader, path: Path) -> dict[str, Any]:
     """The role defaults file, loaded as Ansible loads it (its templates stay trusted)."""
-    data = loader.load_from_file(str(path))
+    data = loader.load_from_file(str(path), trusted_as_template=True)
     if not isinstance(data, dict):
         raise InventoryError(f"{path} must be a mapping of variables")
     return data
@@ -138,6 +141,14 @@ def cluster_data(
     return ClusterData(masters=masters, workers=workers, hosts=hosts)
 
 
+@cache
+def init_ansible() -> None:
+    """What the ansible CLIs do first: plugin filters and the collection loader (lookups)."""
+    from ansible.plugins.loader import init_plugin_loader
+
+    init_plugin_loader()
+
+
 class Inventory:
     """An inventory as Ansible sees it, plus the oq role defaults."""
 
@@ -148,6 +159,7 @@ class Inventory:
         from ansible.vars.manager import VariableManager
 
         _require_sources(sources)
+        init_ansible()
         self.defaults_path = defaults_path
         self.loader = DataLoader()
         self.manager = InventoryManager(loader=self.loader, sources=sources)
@@ -183,6 +195,20 @@ class Inventory:
 
     def cluster_data(self) -> ClusterData:
         return cluster_data(self.groups, self.raw_vars, self.defaults_path, self.loader)
+
+    def missing_secret(self, name: str) -> Path | None:
+        """The generated secret's file when `name` uses it and it does not exist yet.
+
+        Rendering would create a new random secret there; commands that compare with the
+        running cluster (verify) must not, or they would report a wrong key and leave a
+        file that makes the next site.yml run change the key on every node.
+        """
+        raw = self.raw_vars(name)
+        if not _is_generated_secret(raw.get("oq_authkey", self.defaults.get("oq_authkey")),
+                                    self.defaults):
+            return None
+        path = Path(str(raw.get("inventory_dir", "."))) / SECRET_FILE
+        return None if path.exists() else path
 
 
 def _require_sources(sources: list[str]) -> None:

@@ -7,6 +7,7 @@ After an intended change of templates/openquake.cfg.j2, regenerate the golden fi
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -76,19 +77,46 @@ def test_render_rejects_an_unknown_host(
 
 
 def test_render_is_byte_identical_to_the_template_module(
-    project_root: object, tmp_path: Path
+    project_root: Path, tmp_path: Path
 ) -> None:
+    """Also proves both read the one generated secret: the inventory sets no oq_authkey."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(INVENTORIES / "good", inventory)
+    group_vars = inventory / "group_vars" / "all.yml"
+    group_vars.write_text(group_vars.read_text().replace("oq_authkey:", "unused_key:"))
     by_ansible, by_cli = tmp_path / "ansible", tmp_path / "cli"
     run = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(INVENTORIES / "good"),
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory),
          str(Path(__file__).parent / "template_like_the_role.yml"), "-e", f"out_dir={by_ansible}"],
         cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
+    assert (inventory / "credentials" / "oq_authkey").exists()
 
-    assert render_to(by_cli) == 0
+    assert main(["render", "-i", str(inventory), "--out", str(by_cli)]) == 0
 
     for node in NODES:
         expected = (by_ansible / node / "openquake.cfg").read_bytes()
         assert (by_cli / node / "openquake.cfg").read_bytes() == expected, node
+
+
+def test_render_generates_the_secret_once_beside_the_inventory(
+    project_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
+        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
+    )
+    render = ["render", "-i", str(inventory), "--host", "w1"]
+
+    assert main(render) == 0
+    first = capsys.readouterr().out
+    assert main(render) == 0
+    second = capsys.readouterr().out
+
+    secret = (tmp_path / "credentials" / "oq_authkey").read_text().split()[0]
+    assert first == second
+    assert f"authkey = {secret}\n" in first
+    assert len(secret) == 48

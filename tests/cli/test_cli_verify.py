@@ -152,3 +152,16 @@ def test_summary_line_says_broken_when_anything_failed() -> None:
 
     assert report.summary_line(results, 1.0).startswith("cluster BROKEN: 1 passed, 1 failed")
     assert report.summary_line(results[:1], 1.0).startswith("cluster OK")
+
+
+def test_verify_never_generates_the_cluster_secret(
+    project_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    inventory.write_text(inventory.read_text().replace("    oq_authkey:", "    #oq_authkey:"))
+
+    code = main(["verify", "-i", str(inventory)])
+
+    assert code == 2
+    assert "credentials/oq_authkey is not on this control node" in capsys.readouterr().err
+    assert not (tmp_path / "credentials").exists()

@@ -39,12 +39,13 @@ def load(args: argparse.Namespace) -> tuple[Project, Inventory]:
         raise CommandError(str(error)) from error
 
 
+# soft_wrap: long paths and commands stay on one line, so they can be copied.
 def stdout() -> Console:
-    return Console(highlight=False)
+    return Console(highlight=False, soft_wrap=True)
 
 
 def stderr() -> Console:
-    return Console(stderr=True, highlight=False)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def print_problems(console: Console, problems: Sequence[Problem]) -> None:

@@ -60,6 +60,12 @@ def run(args: argparse.Namespace) -> int:
         print_problems(stderr(), problems)
         stderr().print("[bold red]not verifying:[/] fix the inventory first (oqcluster check)")
         return EXIT_FAILED
+    secret = inventory.missing_secret(inventory.cluster_data().masters[0])
+    if secret is not None:
+        return fail(
+            f"the cluster secret {secret} is not on this control node: copy it from the "
+            "control node that ran site.yml (or set oq_authkey in the inventory)"
+        )
     started = time.monotonic()
     ctx = build_context(args.inventory[0], inventory, args.limit)
     results = run_all(ctx, project.root, max(1, args.jobs), not args.no_smoke, stderr())
