@@ -115,6 +115,10 @@ def _variables_to_check(defaults: Mapping[str, Any], variables: Mapping[str, Any
 
 
 def _is_generated_secret(value: Any, defaults: Mapping[str, Any]) -> bool:
+    from ansible.parsing.vault import EncryptedString
+
+    if isinstance(value, EncryptedString):  # comparing it would decrypt it
+        return False
     return "oq_authkey" in defaults and value == defaults["oq_authkey"]
 
 
@@ -152,7 +156,13 @@ def init_ansible() -> None:
 class Inventory:
     """An inventory as Ansible sees it, plus the oq role defaults."""
 
-    def __init__(self, sources: list[str], defaults_path: Path) -> None:
+    def __init__(
+        self,
+        sources: list[str],
+        defaults_path: Path,
+        vault_password_files: list[str] | None = None,
+        ask_vault_pass: bool = False,
+    ) -> None:
         from ansible.inventory.manager import InventoryManager
         from ansible.parsing.dataloader import DataLoader
         from ansible.vars.hostvars import HostVars
@@ -162,6 +172,7 @@ class Inventory:
         init_ansible()
         self.defaults_path = defaults_path
         self.loader = DataLoader()
+        _load_vault_secrets(self.loader, vault_password_files or [], ask_vault_pass)
         self.manager = InventoryManager(loader=self.loader, sources=sources)
         self.variables = VariableManager(loader=self.loader, inventory=self.manager)
         # Creating HostVars registers it with the VariableManager: `hostvars` in templates.
@@ -209,6 +220,28 @@ class Inventory:
             return None
         path = Path(str(raw.get("inventory_dir", "."))) / SECRET_FILE
         return None if path.exists() else path
+
+
+def _load_vault_secrets(loader: DataLoader, password_files: list[str], ask: bool) -> None:
+    """Vault secrets as ansible-playbook finds them (options, then ansible.cfg / env)."""
+    from ansible import constants as C
+    from ansible.cli import CLI
+    from ansible.errors import AnsibleError
+    from ansible.parsing.vault import VaultSecretsContext
+
+    if not (password_files or ask or C.DEFAULT_VAULT_PASSWORD_FILE):
+        if VaultSecretsContext.current(optional=True) is None:
+            # no secrets: a vaulted value then fails as an AnsibleError the rules report
+            VaultSecretsContext.initialize(VaultSecretsContext([]))
+        return
+    try:
+        CLI.setup_vault_secrets(
+            loader, vault_ids=list(C.DEFAULT_VAULT_IDENTITY_LIST),
+            vault_password_files=list(password_files), ask_vault_pass=ask,
+            initialize_context=VaultSecretsContext.current(optional=True) is None,
+        )
+    except AnsibleError as error:
+        raise InventoryError(f"vault password: {error.message}") from error
 
 
 def _require_sources(sources: list[str]) -> None:

@@ -156,14 +156,17 @@ def _group_problems(cluster: ClusterData) -> Iterator[Problem]:
 
 
 def _templating_problems(cluster: ClusterData) -> Iterator[Problem]:
+    holders: dict[tuple[str, str], list[str]] = defaultdict(list)
     for name in cluster.cluster_hosts():
         for variable, error in cluster.hosts[name].errors.items():
-            yield Problem(
-                host=name,
-                variable=variable,
-                message=f"cannot be evaluated: {error}",
-                fix=f"correct the value or template of {variable} for {name}",
-            )
+            holders[(variable, error)].append(name)
+    for (variable, error), names in holders.items():
+        fix = (
+            "pass the vault password: --vault-password-file FILE or --ask-vault-pass"
+            if "vault" in error.lower()
+            else f"correct the value or template of {variable}"
+        )
+        yield Problem(", ".join(names), variable, f"cannot be evaluated: {error}", fix)
 
 
 # --- addresses ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -71,3 +73,20 @@ def test_check_does_not_generate_the_secret(
 
     assert code == 0, capsys.readouterr().out
     assert not (inventory.parent / "credentials").exists()
+
+
+def test_check_reads_vaulted_values_with_the_vault_password() -> None:
+    # a subprocess: Ansible's vault secrets are set once per process, as in its own CLIs
+    inventory = INVENTORIES / "vaulted"
+    command = [str(Path(sys.executable).parent / "oqcluster"), "check", "-i", str(inventory)]
+
+    locked = subprocess.run(command, capture_output=True, text=True, check=False, timeout=60)
+    unlocked = subprocess.run(
+        [*command, "--vault-password-file", str(inventory / "vault-password.txt")],
+        capture_output=True, text=True, check=False, timeout=60,
+    )
+
+    assert locked.returncode == 1
+    assert "m1, w1 · oq_authkey" in locked.stdout
+    assert "--vault-password-file" in locked.stdout
+    assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr

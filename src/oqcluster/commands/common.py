@@ -28,13 +28,22 @@ def add_inventory_argument(parser: argparse.ArgumentParser) -> None:
         "-i", "--inventory", action="append", required=True, metavar="INV",
         help="inventory file or directory, any format Ansible reads (repeatable)",
     )
+    parser.add_argument(
+        "--vault-password-file", action="append", default=[], metavar="FILE",
+        help="vault password file for vaulted inventory values (as ansible-playbook; "
+        "ansible.cfg's vault_password_file is used too)",
+    )
+    parser.add_argument("--ask-vault-pass", action="store_true", help="ask for the vault password")
 
 
 def load(args: argparse.Namespace) -> tuple[Project, Inventory]:
     """The project and the inventory named by -i, or a CommandError that says what to do."""
     try:
         project = find_project()
-        return project, Inventory(list(args.inventory), project.defaults)
+        return project, Inventory(
+            list(args.inventory), project.defaults,
+            vault_password_files=list(args.vault_password_file), ask_vault_pass=args.ask_vault_pass,
+        )
     except (ProjectNotFound, InventoryError) as error:
         raise CommandError(str(error)) from error
 
