@@ -68,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         )
     started = time.monotonic()
     ctx = build_context(args.inventory[0], inventory, args.limit)
-    results = run_all(ctx, project.root, max(1, args.jobs), not args.no_smoke, stderr())
+    vault_file = args.vault_password_file[0] if args.vault_password_file else None
+    results = run_all(ctx, project.root, max(1, args.jobs), not args.no_smoke, stderr(),
+                      vault_file)
     seconds = time.monotonic() - started
     if args.junit:
         report.write_junit(args.junit, results)

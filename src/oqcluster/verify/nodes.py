@@ -29,16 +29,20 @@ def node_test_command(inventory: str, host: str, junit: Path) -> list[str]:
     ]
 
 
-def run_node_tests(inventory: str, host: str, project_root: Path) -> list[CheckResult]:
+def run_node_tests(
+    inventory: str, host: str, project_root: Path, vault_password_file: str | None = None
+) -> list[CheckResult]:
     """The node test modules against one host, as CheckResults named after the tests."""
     ensure_ansible_on_path()
+    env = {**os.environ, "OQCLUSTER_PROJECT": str(project_root)}
+    if vault_password_file:  # the node tests load the inventory as ansible.cfg would say
+        env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(Path(vault_password_file).resolve())
     with tempfile.TemporaryDirectory(prefix="oqcluster-verify-") as tmp:
         junit = Path(tmp) / "junit.xml"
         started = time.monotonic()
         try:
             run = subprocess.run(
-                node_test_command(inventory, host, junit), cwd=project_root,
-                env={**os.environ, "OQCLUSTER_PROJECT": str(project_root)},
+                node_test_command(inventory, host, junit), cwd=project_root, env=env,
                 capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False,
             )
         except subprocess.TimeoutExpired:

@@ -30,13 +30,15 @@ def guarded(label: str, check: CheckFunction, ctx: Context) -> list[CheckResult]
 
 
 def run_all(
-    ctx: Context, project_root: Path, jobs: int, smoke: bool, console: Console
+    ctx: Context, project_root: Path, jobs: int, smoke: bool, console: Console,
+    vault_password_file: str | None = None,
 ) -> list[CheckResult]:
     """Every result, node checks first (by host), then cluster checks, then the smoke run."""
     with _progress(console) as progress, ThreadPoolExecutor(max_workers=jobs) as pool:
         node_futures = [
             _tracked(progress, pool, f"node checks on {node.name}",
-                     lambda n=node: run_node_tests(ctx.inventory_path, n.name, project_root))
+                     lambda n=node: run_node_tests(ctx.inventory_path, n.name, project_root,
+                                                   vault_password_file))
             for node in ctx.nodes if node.name in ctx.selected
         ]
         cluster_futures = [
