@@ -59,3 +59,20 @@ test: host-deps lint unit molecule ## everything: lint, pytest, Molecule scenari
 
 clean: ## remove the venv and caches (not the demo cluster: make demo-down)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
+
+# --- engine benchmark (bench/engine.py): oqzmq vs the real OpenQuake engine, multiprocessing,
+# dask.distributed. The peers live in their own venv; the engine's dependencies stay lean.
+BENCH_VENV := .cache/bench-venv
+BENCH_STAMP := $(BENCH_VENV)/.installed-$(shell cat bench/requirements.lock engine/pyproject.toml | sha256sum | cut -c1-12)
+BENCH_ARGS ?=
+
+$(BENCH_STAMP): bench/requirements.lock engine/pyproject.toml
+	@echo ">>> creating the benchmark venv in $(BENCH_VENV) (about 1 GB)"
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps -r bench/requirements.lock
+	$(BENCH_VENV)/bin/pip install --quiet --no-deps -e engine
+	rm -f $(BENCH_VENV)/.installed-* && touch $@
+
+.PHONY: bench
+bench: $(BENCH_STAMP) ## engine benchmark table (BENCH_ARGS="--quick --only 'oqzmq zmq,dask'")
+	$(BENCH_VENV)/bin/python bench/engine.py $(BENCH_ARGS)

@@ -60,6 +60,7 @@ file = {workdir}/db.sqlite3
 listen = 127.0.0.1
 host = 127.0.0.1
 port = 51908
+receiver_host = 127.0.0.1
 receiver_ports = 51912-51920
 authkey = changeme
 [zworkers]
@@ -95,6 +96,38 @@ def openquake_backend(mode: str) -> tuple[Mapper, Callable[[], None]]:
         return iter(Starmap(func, allargs, distribute=mode))
 
     return mapper, Starmap.shutdown
+
+
+def openquake_zmq_backend(cores: int) -> tuple[Mapper, Callable[[], None]]:
+    """The real engine's zmq mode: its workerpool on 127.0.0.1 (no ssh for localhost)."""
+    import signal
+    import socket
+    import subprocess
+
+    pool = subprocess.Popen([sys.executable, "-m", "openquake.baselib.workerpool", str(cores)],
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", 51909), timeout=1).close()
+            break
+        except OSError:
+            if time.monotonic() > deadline or pool.poll() is not None:
+                pool.kill()
+                raise RuntimeError("the OpenQuake workerpool did not start") from None
+            time.sleep(0.5)
+    mapper, shutdown = openquake_backend("zmq")
+
+    def close() -> None:
+        shutdown()
+        os.killpg(pool.pid, signal.SIGTERM)
+        try:
+            pool.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(pool.pid, signal.SIGKILL)
+            pool.wait()
+
+    return mapper, close
 
 
 def multiprocessing_backend(cores: int) -> tuple[Mapper, Callable[[], None]]:
@@ -211,6 +244,7 @@ def main() -> int:
         "oqzmq zmq": lambda: with_pools(ours, lambda: oqzmq_backend("zmq", ours)),
         "openquake no": lambda: openquake_backend("no"),
         "openquake processpool": lambda: openquake_backend("processpool"),
+        "openquake zmq": lambda: openquake_zmq_backend(args.cores),
         "multiprocessing": lambda: multiprocessing_backend(args.cores),
         "dask": lambda: dask_backend(args.cores),
     }

@@ -18,7 +18,6 @@ from enginetasks import pid_then_sleep, touch
 from oqzmq import protocol
 from oqzmq.auth import Signer
 from oqzmq.config import Config
-from oqzmq.monitor import Monitor
 from oqzmq.parallel import Starmap
 
 POOL = "127.0.0.3"
@@ -37,11 +36,12 @@ class Exploit:
 def attacks(channel: str, meta: tuple[object, ...], body: list[bytes]) -> dict[str, list[bytes]]:
     """The four kinds of bad message, ready to send."""
     good = Signer(AUTHKEY, channel)
-    replayed = good.sign([pickle.dumps(meta), *body])
+    frames = protocol.encode(meta, body)
+    replayed = good.sign(frames)
     return {
-        "unsigned": [pickle.dumps(meta), *body],
-        "wrong key": Signer("not-the-cluster-key", channel).sign([pickle.dumps(meta), *body]),
-        "truncated": good.sign([pickle.dumps(meta), *body])[:-1],
+        "unsigned": frames,
+        "wrong key": Signer("not-the-cluster-key", channel).sign(frames),
+        "truncated": good.sign(frames)[:-1],
         "replay-original": replayed,
         "replayed": replayed,
     }
@@ -59,7 +59,7 @@ def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_p
         for name in ("unsigned", "wrong key", "truncated", "replayed"):
             marker = tmp_path / name.replace(" ", "-")
             markers[name] = marker
-            body = protocol.dumps((touch, (str(marker), Monitor("x"))))
+            body = [pickle.dumps((touch, "touch")), *protocol.dumps((str(marker),))]
             body.append(pickle.dumps(Exploit(tmp_path / f"unpickled-{name}")))
             meta = ("submit", "attack", reply_endpoint, [(0, len(body))])
             message = attacks(f"ctrl:{endpoint}", meta, body)

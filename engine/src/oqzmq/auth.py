@@ -71,13 +71,14 @@ def _mac(key: bytes, channel: bytes, header: Buffer, frames: Sequence[Buffer]) -
     digest.update(channel)
     digest.update(header)
     for frame in frames:
-        view = _view(frame)
+        view = as_view(frame)
         digest.update(_LENGTH.pack(view.nbytes))
         digest.update(view)
     return digest.digest()
 
 
-def _view(frame: Buffer) -> memoryview:
+def as_view(frame: Buffer) -> memoryview:
+    """A flat byte view of a frame (bytes, memoryview, zmq.Frame, PickleBuffer), no copy."""
     buffer = getattr(frame, "buffer", None)  # zmq.Frame
     view = memoryview(buffer if buffer is not None else frame)
     return view if view.contiguous and view.format == "B" else view.cast("B")
@@ -117,10 +118,10 @@ class Verifier:
         """The payload frames of an authentic, fresh message; AuthError otherwise."""
         if len(message) < 2:
             raise AuthError(f"truncated message: {len(message)} frame(s), need at least 2")
-        mac, header = _view(message[0]), _view(message[1])
+        mac, header = as_view(message[0]), as_view(message[1])
         if mac.nbytes != MAC_SIZE or header.nbytes != HEADER.size:
             raise AuthError("malformed message: MAC or header frame has the wrong size")
-        frames = [_view(frame) for frame in message[2:]]
+        frames = [as_view(frame) for frame in message[2:]]
         expected = _mac(self._key, self._channel, header, frames)
         if not hmac.compare_digest(expected, bytes(mac)):
             raise AuthError(f"bad MAC (unsigned, tampered or signed with another key/channel "

@@ -31,6 +31,7 @@ import contextlib
 import itertools
 import logging
 import os
+import pickle
 import secrets
 import subprocess
 import sys
@@ -220,6 +221,7 @@ class Starmap:
         self._pools: list[PoolHandle] = []
         self._closed = False
         self._start = time.perf_counter()
+        self._func_frame = pickle.dumps((func, self.monitor.operation), protocol=5)
         for args in iterargs:
             self.submit(*args)
 
@@ -237,9 +239,8 @@ class Starmap:
             raise UserError(f"Starmap({self.name}) is shut down: create a new one")
         task_no = self.task_no
         self.task_no += 1
-        full_args = (*args, self.monitor)
         if self.distribute == "no":
-            self._pending.append((task_no, full_args))
+            self._pending.append((task_no, (*args, self.monitor)))
             return task_no
         if self._receiver is None:
             self._open()
@@ -248,7 +249,8 @@ class Starmap:
             pool.last_heard = max(pool.last_heard, time.monotonic())
         pool.outstanding += 1
         self._outstanding[task_no] = pool
-        pool.queue_task(task_no, protocol.dumps((self.func, full_args)))
+        # frame 0: the function and monitor name, pickled once per Starmap (workers cache it)
+        pool.queue_task(task_no, [self._func_frame, *protocol.dumps(args)])
         return task_no
 
     def _choose_pool(self, host: str | None) -> PoolHandle:
@@ -414,7 +416,8 @@ class Starmap:
                 f"task {self.name}#{task_no} failed on host {host} (pid {info.get('pid')}):\n"
                 f"{info.get('traceback', '').rstrip()}"
             )
-        self.monitor.merge(stats_from_info(info))
+        if info.get("stats"):
+            self.monitor.merge(stats_from_info(info))
         self.monitor.add_task(TaskRecord(task_no, self.name, host, info["pid"], info["time"],
                                          info["memory_mb"], info["bytes"], info["nresults"]))
 

@@ -1,10 +1,13 @@
 """Messages on the wire: pickle protocol 5 with out-of-band buffers, signed by :mod:`oqzmq.auth`.
 
-A message is ``[*envelope] [mac] [header] [meta] [body...]`` where ``meta`` is a small pickle
-(routing: command, task number, calculation token) and ``body`` the frames of an optional
-pickled payload: frame 0 the pickle stream, frames 1.. the raw buffers of large objects
-(numpy arrays) that pickle 5 hands out of band, so they travel without being copied into the
-stream. Nothing is unpickled before :meth:`Verifier.verify` has accepted every frame.
+A message is ``[*envelope] [mac] [header] [meta] [layout] [data...]`` where ``meta`` is a
+small pickle (routing: command, task number, calculation token) and the *logical* body frames
+(pickle streams, and the raw buffers of large objects such as numpy arrays that pickle 5
+hands out of band, so they are never copied into a stream) travel in ``data``: each big frame
+as its own zmq frame (not copied), runs of small ones joined into one frame, so a batch of a
+thousand tiny tasks costs a few zmq frames, not thousands. ``layout`` (int64 triples: data
+index, offset, length) restores the logical frames as zero-copy slices. Nothing is
+unpickled before :meth:`Verifier.verify` has accepted every frame.
 
 Channels (what the MAC binds a message to, see :mod:`oqzmq.auth`):
 
@@ -19,12 +22,13 @@ from __future__ import annotations
 
 import logging
 import pickle
+from array import array
 from collections.abc import Sequence
 from typing import Any
 
 import zmq
 
-from oqzmq.auth import AuthError, Buffer, Signer, Verifier
+from oqzmq.auth import AuthError, Buffer, Signer, Verifier, as_view
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +50,45 @@ def nbytes(frames: Sequence[Buffer]) -> int:
     return sum(memoryview(frame).nbytes for frame in frames)
 
 
+PACK_LIMIT = 64 * 1024  # frames smaller than this are joined (copied); bigger ones are not
+
+
+def encode(meta: Any, body: Sequence[Buffer] = ()) -> list[Buffer]:
+    """The unsigned frames of a message: ``[meta, layout, *data]`` (see the module doc)."""
+    data: list[Buffer] = []
+    layout = array("q")
+    run: list[Buffer] = []
+    run_length = 0
+    for frame in body:
+        view = as_view(frame)
+        if view.nbytes >= PACK_LIMIT:
+            if run:
+                data.append(b"".join(run))
+                run, run_length = [], 0
+            layout.extend((len(data), 0, view.nbytes))
+            data.append(view)
+        else:
+            layout.extend((len(data), run_length, view.nbytes))
+            run.append(view)
+            run_length += view.nbytes
+    if run:
+        data.append(b"".join(run))
+    return [pickle.dumps(meta, protocol=5), layout.tobytes(), *data]
+
+
+def decode(frames: Sequence[memoryview]) -> tuple[Any, list[memoryview]]:
+    """Inverse of :func:`encode` on verified frames: (meta, logical body frames)."""
+    if len(frames) < 2:
+        raise ValueError(f"message has {len(frames)} frame(s), expected meta and layout")
+    layout = frames[1].cast("q")
+    if len(layout) % 3:
+        raise ValueError("layout frame is not a list of (index, offset, length) triples")
+    data = frames[2:]
+    body = [data[layout[i]][layout[i + 1]:layout[i + 1] + layout[i + 2]]
+            for i in range(0, len(layout), 3)]
+    return pickle.loads(frames[0]), body
+
+
 def send(
     sock: zmq.Socket,
     signer: Signer,
@@ -54,8 +97,7 @@ def send(
     envelope: Sequence[bytes] = (),
 ) -> None:
     """Sign and send ``meta`` (pickled here) followed by the already-pickled ``body`` frames."""
-    frames = signer.sign([pickle.dumps(meta, protocol=5), *body])
-    sock.send_multipart([*envelope, *frames], copy=False)
+    sock.send_multipart([*envelope, *signer.sign(encode(meta, body))], copy=False)
 
 
 def send_nowait(
@@ -63,8 +105,7 @@ def send_nowait(
 ) -> bool:
     """Like :func:`send` but give up (False) instead of blocking when the peer is not there."""
     try:
-        sock.send_multipart(signer.sign([pickle.dumps(meta, protocol=5), *body]),
-                            flags=zmq.NOBLOCK, copy=False)
+        sock.send_multipart(signer.sign(encode(meta, body)), flags=zmq.NOBLOCK, copy=False)
     except zmq.Again:
         return False
     return True
@@ -92,17 +133,14 @@ def recv(sock: zmq.Socket, verifier: Verifier, envelope: int = 0) -> Received | 
     frames = sock.recv_multipart(copy=False)
     head, signed = frames[:envelope], frames[envelope:]
     try:
-        verified = verifier.verify(signed)
-        if not verified:
-            raise AuthError("authenticated message has no meta frame")
-        meta = pickle.loads(verified[0])
+        meta, body = decode(verifier.verify(signed))
     except AuthError as exc:
         log.warning("rejected message on %s from %s: %s", verifier.channel, peer(frames), exc)
         return None
     except Exception as exc:  # an authentic peer with a bug: log, never crash
         log.error("undecodable authenticated message on %s: %r", verifier.channel, exc)
         return None
-    return Received([bytes(frame.bytes) for frame in head], meta, verified[1:])
+    return Received([bytes(frame.bytes) for frame in head], meta, body)
 
 
 def peer(frames: Sequence[zmq.Frame]) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import pickle
 import time
 import traceback
 from collections import OrderedDict
@@ -113,6 +114,20 @@ class ReceiverSockets:
         for sock, _ in self._sockets.values():
             sock.close()
         self._sockets.clear()
+
+
+_FUNCTIONS: OrderedDict[bytes, tuple[Callable[..., Any], str]] = OrderedDict()
+
+
+def _function(frame: memoryview) -> tuple[Callable[..., Any], str]:
+    """The task function and monitor name of a task frame, unpickled once per Starmap."""
+    key = bytes(frame)
+    found = _FUNCTIONS.get(key)
+    if found is None:
+        found = _FUNCTIONS[key] = pickle.loads(key)
+        if len(_FUNCTIONS) > 256:
+            _FUNCTIONS.popitem(last=False)
+    return found
 
 
 class Outbox:
@@ -230,7 +245,8 @@ def _run_one(
         outbox.add(endpoint, meta, frames)
 
     try:
-        func, args = protocol.loads(body)
+        func, operation = _function(body[0])
+        args = (*protocol.loads(body[1:]), Monitor(operation))
     except Exception:
         hint = (f"cannot unpickle the task on host {host}: its function and arguments must be "
                 "importable there (tasks defined in a script's __main__ work in processpool "
