@@ -352,7 +352,8 @@ class Starmap:
             yield from results
 
     def _iter_remote(self) -> Iterator[Any]:
-        assert self._receiver is not None
+        if self._receiver is None:  # nothing was submitted
+            return
         last_check = time.monotonic()
         while self._outstanding:
             for pool in self._pools:
