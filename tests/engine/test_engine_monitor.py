@@ -6,7 +6,6 @@ from pathlib import Path
 
 import h5py
 import pytest
-
 from oqzmq.config import Config
 from oqzmq.datastore import calc_path, find_calculation, new_calculation, oqdata_dir
 from oqzmq.errors import UserError
