@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # Per-host variables the rules read besides the role defaults.
 PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
 
-SECRET_FILE = Path("credentials/oq_authkey")  # beside the inventory: see the role defaults
+SECRET_FILE = Path("credentials/oq_authkey.txt")  # beside the inventory: see the role defaults
 
 RawVars = Callable[[str], Mapping[str, Any]]
 
@@ -207,19 +207,12 @@ class Inventory:
     def cluster_data(self) -> ClusterData:
         return cluster_data(self.groups, self.raw_vars, self.defaults_path, self.loader)
 
-    def missing_secret(self, name: str) -> Path | None:
-        """The generated secret's file when `name` uses it and it does not exist yet.
-
-        Rendering would create a new random secret there; commands that compare with the
-        running cluster (verify) must not, or they would report a wrong key and leave a
-        file that makes the next site.yml run change the key on every node.
-        """
-        raw = self.raw_vars(name)
-        if not _is_generated_secret(raw.get("oq_authkey", self.defaults.get("oq_authkey")),
-                                    self.defaults):
-            return None
-        path = Path(str(raw.get("inventory_dir", "."))) / SECRET_FILE
-        return None if path.exists() else path
+    def inventory_dirs(self) -> list[Path]:
+        """The directories the hosts were read from (where generated secrets are kept)."""
+        dirs = {
+            str(self.raw_vars(name).get("inventory_dir") or ".") for name in self.host_names()
+        }
+        return sorted(Path(d) for d in dirs)
 
 
 def _load_vault_secrets(loader: DataLoader, password_files: list[str], ask: bool) -> None:

@@ -493,7 +493,7 @@ def _authkey_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
         return
     fix = (
         "remove oq_authkey from the inventory so a secret is generated in "
-        "<inventory>/credentials/oq_authkey, or set a vaulted random value of "
+        "<inventory>/credentials/oq_authkey.txt, or set a vaulted random value of "
         f"at least {MIN_AUTHKEY_LENGTH} characters"
     )
     if not isinstance(key, str) or key.strip().lower() == "changeme":

@@ -92,7 +92,7 @@ def test_render_is_byte_identical_to_the_template_module(
         capture_output=True, text=True, timeout=120, check=False,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert (inventory / "credentials" / "oq_authkey").exists()
+    assert (inventory / "credentials" / "oq_authkey.txt").exists()
 
     assert main(["render", "-i", str(inventory), "--out", str(by_cli)]) == 0
 
@@ -116,7 +116,7 @@ def test_render_generates_the_secret_once_beside_the_inventory(
     assert main(render) == 0
     second = capsys.readouterr().out
 
-    secret = (tmp_path / "credentials" / "oq_authkey").read_text().split()[0]
+    secret = (tmp_path / "credentials" / "oq_authkey.txt").read_text().split()[0]
     assert first == second
     assert f"authkey = {secret}\n" in first
     assert len(secret) == 48
