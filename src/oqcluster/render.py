@@ -25,6 +25,7 @@ TEMPLATE_OVERRIDES: dict[str, Any] = {
     "comment_end_string": "#}",
 }
 CONFIG_NAME = "openquake.cfg"
+CREDENTIALS = "credentials"  # where the role defaults keep generated secrets
 CONFIG_MODE = 0o600  # it holds the cluster secret
 
 
@@ -38,6 +39,54 @@ def render_config(inventory: Inventory, host: str, template: Path) -> str:
     )
     result = templar.template(text, escape_backslashes=False, overrides=TEMPLATE_OVERRIDES)
     return "" if result is None else str(result)
+
+
+class SecretMissing(RuntimeError):
+    """Rendering would have generated a secret that the cluster already has elsewhere."""
+
+    def __init__(self, created: list[Path]) -> None:
+        self.created = created
+        names = ", ".join(str(path) for path in created)
+        super().__init__(
+            f"the cluster secret ({names}) is not on this control node: copy it from the "
+            "control node that ran site.yml, or set oq_authkey (vaulted) in the inventory"
+        )
+
+
+def render_existing_config(inventory: Inventory, host: str, template: Path) -> str:
+    """render_config, for comparing with a running cluster: it must not invent a secret.
+
+    The generated oq_authkey is created on first use (a password lookup beside the
+    inventory, in <inventory_dir>/credentials/). A new one would not match the nodes, and
+    the next site.yml run would push it everywhere; so a file the rendering creates there
+    is removed again and reported as SecretMissing.
+    """
+    dirs = inventory.inventory_dirs()
+    before = _files_near(dirs)
+    try:
+        return render_config(inventory, host, template)
+    finally:
+        created = sorted(_files_near(dirs) - before)
+        if created:
+            _remove(created, dirs)
+            raise SecretMissing(created)
+
+
+def _files_near(dirs: list[Path]) -> set[Path]:
+    """The files of each inventory directory's credentials/ directory."""
+    return {
+        path for directory in dirs
+        for path in (directory / CREDENTIALS).glob("*") if path.is_file()
+    }
+
+
+def _remove(created: list[Path], dirs: list[Path]) -> None:
+    for path in created:
+        path.unlink(missing_ok=True)
+    for directory in dirs:
+        credentials = directory / CREDENTIALS
+        if credentials.is_dir() and not any(credentials.iterdir()):
+            credentials.rmdir()
 
 
 def write_config(out_dir: Path, host: str, text: str) -> Path:

@@ -18,6 +18,7 @@ from oqcluster.commands.common import (
     stdout,
     write_stdout,
 )
+from oqcluster.render import SecretMissing, render_existing_config
 from oqcluster.rules import validate
 
 
@@ -38,6 +39,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML")
     parser.add_argument("--no-smoke", action="store_true",
                         help="skip the smoke calculation")
+    parser.add_argument("--read-only", action="store_true",
+                        help="change nothing on the nodes: skip the smoke calculation, the "
+                        "shared-dir write test and the temporary receiver listener")
     parser.add_argument("--jobs", type=int, default=8, help="checks run at once (default 8)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show what every passing check found, and skipped checks")
@@ -60,17 +64,15 @@ def run(args: argparse.Namespace) -> int:
         print_problems(stderr(), problems)
         stderr().print("[bold red]not verifying:[/] fix the inventory first (oqcluster check)")
         return EXIT_FAILED
-    secret = inventory.missing_secret(inventory.cluster_data().masters[0])
-    if secret is not None:
-        return fail(
-            f"the cluster secret {secret} is not on this control node: copy it from the "
-            "control node that ran site.yml (or set oq_authkey in the inventory)"
-        )
+    try:
+        render_existing_config(inventory, inventory.cluster_data().masters[0], project.template)
+    except SecretMissing as error:
+        return fail(str(error))
     started = time.monotonic()
     ctx = build_context(args.inventory[0], inventory, args.limit)
     vault_file = args.vault_password_file[0] if args.vault_password_file else None
-    results = run_all(ctx, project.root, max(1, args.jobs), not args.no_smoke, stderr(),
-                      vault_file)
+    results = run_all(ctx, project.root, max(1, args.jobs), stderr(), vault_file,
+                      read_only=args.read_only, smoke=not args.no_smoke)
     seconds = time.monotonic() - started
     if args.junit:
         report.write_junit(args.junit, results)

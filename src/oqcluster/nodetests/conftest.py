@@ -10,7 +10,7 @@ import pytest
 from oqcluster.inventory import Inventory
 from oqcluster.nodetests.expect import message
 from oqcluster.project import find_project
-from oqcluster.render import render_config
+from oqcluster.render import SecretMissing, render_existing_config
 from oqcluster.rules import MASTER_GROUP, WORKERS_GROUP, ClusterData
 
 
@@ -67,10 +67,9 @@ def worker_only(is_master: bool, is_worker: bool) -> None:
 @pytest.fixture
 def expected_config(cluster: tuple[Inventory, ClusterData], node_name: str) -> str:
     """openquake.cfg as `oqcluster render` (and the role) renders it for this node."""
-    secret = cluster[0].missing_secret(node_name)
-    if secret is not None:
-        pytest.fail(message(
-            f"the cluster secret in {secret}", "no such file on this control node",
-            "copy it from the control node that ran site.yml",
-        ))
-    return render_config(cluster[0], node_name, find_project().template)
+    try:
+        return render_existing_config(cluster[0], node_name, find_project().template)
+    except SecretMissing as error:
+        created = ", ".join(str(path) for path in error.created)
+        pytest.fail(message(f"the cluster secret {created}", "no such file on this control node",
+                            "copy it from the control node that ran site.yml"))

@@ -32,7 +32,8 @@ def _is_swap_entry(line: str) -> bool:
     return len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "swap"
 
 
-@pytest.mark.parametrize("unit", ["openquake.slice", "user-{uid}.slice"])
+@pytest.mark.parametrize("unit", ["openquake.slice", "user-{uid}.slice"],
+                         ids=["openquake.slice", "the openquake user's slice"])
 def test_slice_has_a_memory_cap(host: Any, oq: dict[str, Any], unit: str) -> None:
     name = unit.format(uid=oq["oq_uid"])
     value = host.run("systemctl show -p MemoryMax --value %s", name).stdout.strip()

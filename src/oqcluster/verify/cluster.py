@@ -234,3 +234,6 @@ CLUSTER_CHECKS: tuple[tuple[str, Callable[[Context], Iterator[CheckResult]]], ..
     ("shared dir", shared_dir_visible),
     ("openquake.cfg agreement", config_agrees),
 )
+# Checks that leave a trace for a moment (a file in shared_dir, a listening socket):
+# `verify --read-only` skips them, as it skips the smoke calculation.
+WRITING_CHECKS = frozenset({receiver_ports_reachable, shared_dir_visible})

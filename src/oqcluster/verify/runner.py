@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from oqcluster.verify.cluster import CLUSTER_CHECKS
+from oqcluster.verify.cluster import CLUSTER_CHECKS, WRITING_CHECKS
 from oqcluster.verify.context import Context
 from oqcluster.verify.nodes import run_node_tests
 from oqcluster.verify.results import CheckResult, Status
@@ -30,8 +30,8 @@ def guarded(label: str, check: CheckFunction, ctx: Context) -> list[CheckResult]
 
 
 def run_all(
-    ctx: Context, project_root: Path, jobs: int, smoke: bool, console: Console,
-    vault_password_file: str | None = None,
+    ctx: Context, project_root: Path, jobs: int, console: Console,
+    vault_password_file: str | None = None, read_only: bool = False, smoke: bool = True,
 ) -> list[CheckResult]:
     """Every result, node checks first (by host), then cluster checks, then the smoke run."""
     with _progress(console) as progress, ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -45,9 +45,10 @@ def run_all(
             _tracked(progress, pool, f"cluster: {label}",
                      lambda label=label, check=check: guarded(label, check, ctx))
             for label, check in CLUSTER_CHECKS
+            if not (read_only and check in WRITING_CHECKS)
         ]
         results = [r for future in (*node_futures, *cluster_futures) for r in future.result()]
-        if smoke:
+        if smoke and not read_only:
             future = _tracked(progress, pool, "smoke calculation",
                               lambda: guarded("smoke calculation", smoke_calculation, ctx))
             results += future.result()
