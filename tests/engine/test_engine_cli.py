@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import h5py
 import pytest
-from conftest import HOSTS, write_config
+from conftest import HOSTS, free_port_block, write_config
 from oqzmq.cli import main
 from oqzmq.config import Config, load_config
 from oqzmq.demo import run_demo
@@ -98,3 +99,22 @@ def test_zmq_mode_without_workers_is_explained(
     assert load_config().host_cores == ()
     assert main(["run", "demo", "--size", "tiny"]) == 2
     assert "[zworkers] host_cores is empty" in capsys.readouterr().err
+
+
+def test_workers_start_then_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The full life of a pool on its own host: start, status, stop, status says it is gone."""
+    port = free_port_block(1, ("127.0.0.4",))
+    path = write_config(tmp_path / "oq.cfg", port, str(port + 1), "127.0.0.4 1", tmp_path)
+    monkeypatch.setenv("OQ_CONFIG_FILE", str(path))
+    assert main(["workers", "start", "--wait", "30"]) == 0
+    assert "started (1 worker processes)" in capsys.readouterr().out
+    assert main(["workers", "status"]) == 0
+    assert main(["workers", "stop"]) == 0
+    assert "stopping" in capsys.readouterr().out
+    deadline = time.monotonic() + 10
+    while main(["workers", "status"]) != 1:
+        assert time.monotonic() < deadline, "the pool did not stop"
+        time.sleep(0.2)
+    assert f"not running: port {port} closed" in capsys.readouterr().out
