@@ -167,3 +167,27 @@ def test_verify_never_generates_the_cluster_secret(
     assert "credentials/oq_authkey" in err
     assert "is not on this control node" in err
     assert not (tmp_path / "credentials").exists()
+
+
+def test_table_shows_problems_and_smoke_counts_and_folds_the_passes() -> None:
+    from rich.console import Console
+
+    from oqcluster.verify.results import CheckResult, failed, passed
+
+    results = [
+        passed("m", "user has the fixed uid and group"),
+        passed("m", "smoke calculation (oqz run demo, 8 tasks, zmq)", "10.0.0.2: 8"),
+        CheckResult("m", "worker trusts the masters key", Status.SKIP, found="not here"),
+        failed("w", "workerpool listens on 10.0.0.2:1909", "open", "refused",
+               "oqz workers start"),
+        passed("w", "no swap is active"),
+    ]
+    console = Console(record=True, width=120)
+
+    report.print_table(console, results, verbose=False)
+
+    text = console.export_text()
+    assert "smoke calculation" in text and "10.0.0.2: 8" in text
+    assert "1 more checks" in text and "1 skipped" in text
+    assert "fix: oqz workers start" in text
+    assert "user has the fixed uid" not in text

@@ -23,7 +23,8 @@ def parse(text: str) -> tuple[str, str, str] | None:
     for line in text.splitlines():
         match = PATTERN.search(line)
         if match:
-            return match["expected"].strip(), match["found"].strip(), match["fix"].strip()
+            fix = match["fix"].strip().rstrip("\"'")  # pytest.fail() quotes its message
+            return match["expected"].strip(), match["found"].strip(), fix
     return None
 
 

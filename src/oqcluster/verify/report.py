@@ -16,6 +16,7 @@ from oqcluster.verify.results import CheckResult, Status
 
 STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "bold magenta",
          Status.SKIP: "dim"}
+SMOKE_WORD = "smoke calculation"  # its rows carry the tasks per worker: always shown
 MARK = {Status.PASS: "✓ pass", Status.FAIL: "✗ FAIL", Status.ERROR: "! ERROR",
         Status.SKIP: "- skip"}
 
@@ -39,27 +40,40 @@ def summary_line(results: Sequence[CheckResult], seconds: float) -> str:
 
 
 def print_table(console: Console, results: Sequence[CheckResult], verbose: bool) -> None:
+    """Per host: every problem, the smoke calculation's task counts, and a passed count.
+
+    With `verbose`, every check with what it found (skipped ones too).
+    """
     table = Table(show_lines=False, expand=False)
-    table.add_column("host", style="bold")
-    table.add_column("check")
-    table.add_column("result")
-    table.add_column("details")
+    for column in ("host", "check", "result", "details"):
+        table.add_column(column, style="bold" if column == "host" else None)
     for host, host_results in by_host(results).items():
-        shown = [r for r in host_results if verbose or r.status != Status.SKIP]
-        for index, result in enumerate(shown):
-            table.add_row(
-                escape(host) if index == 0 else "",
-                escape(result.check),
-                f"[{STYLE[result.status]}]{MARK[result.status]}[/]",
-                _details(result, verbose),
-                end_section=index == len(shown) - 1,
-            )
+        rows = _rows(host_results, verbose)
+        for index, (check, result, details) in enumerate(rows):
+            table.add_row(escape(host) if index == 0 else "", check, result, details,
+                          end_section=index == len(rows) - 1)
     console.print(table)
+
+
+def _rows(results: Sequence[CheckResult], verbose: bool) -> list[tuple[str, str, str]]:
+    shown = [r for r in results if verbose or not r.ok or SMOKE_WORD in r.check]
+    rows = [
+        (escape(r.check), f"[{STYLE[r.status]}]{MARK[r.status]}[/]", _details(r, verbose))
+        for r in shown
+    ]
+    if not verbose:
+        hidden = [r for r in results if r not in shown]
+        passed = sum(r.status == Status.PASS for r in hidden)
+        skipped = len(hidden) - passed
+        if hidden:
+            note = f"{skipped} skipped (not for this node)" if skipped else ""
+            rows.append((f"{passed} more checks", f"[green]{MARK[Status.PASS]}[/]", note))
+    return rows
 
 
 def _details(result: CheckResult, verbose: bool) -> str:
     if result.ok:
-        return escape(result.found) if verbose or result.status == Status.PASS else ""
+        return escape(result.found)
     lines = []
     if result.expected:
         lines.append(f"expected: {escape(result.expected)}")
