@@ -1,4 +1,4 @@
-"""Regenerate docs/webui-list.png and docs/webui-calc.png from real calculations.
+"""Regenerate docs/webui-list.png, webui-calc.png and webui-failed.png from real calculations.
 
     .venv/bin/python docs/webui_screenshots.py        (needs Debian's chromium; about 1 min)
 
@@ -34,16 +34,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def free_block(size: int) -> int:
+    """Ports below the ephemeral range, as 1908-1920 are (see tests/dbserver)."""
+    for base in range(21000 + os.getpid() % 400 * 25, 32000, 25):
+        try:
+            for port in range(base, base + size):
+                with socket.socket() as sock:
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise SystemExit("no free block of ports below 32000")
+
+
 def write_config(directory: Path) -> Path:
-    base, receiver = free_port(), free_port()
+    base = free_block(6)
     path = directory / "openquake.cfg"
     path.write_text(
         "[distribution]\noq_distribute = zmq\nserialize_jobs = false\n\n"
         f"[dbserver]\nfile = {directory / 'db.sqlite3'}\nlisten = 127.0.0.1\n"
         f"host = 127.0.0.1\nport = {base}\nreceiver_host = 127.0.0.1\n"
-        f"receiver_ports = {receiver}-{receiver}\n"
+        f"receiver_ports = {base + 2}-{base + 5}\n"
         "authkey = screenshot-secret-0123456789abcdefghij\n\n"
-        f"[zworkers]\nhost_cores = {HOSTS}\nctrl_port = {free_port()}\n\n"
+        f"[zworkers]\nhost_cores = {HOSTS}\nctrl_port = {base + 1}\n\n"
         f"[directory]\nshared_dir = {directory / 'shared'}\n"
     )
     return path
@@ -53,8 +66,8 @@ def oqz(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([*OQZ, *args], env=env, capture_output=True, text=True, check=False)
 
 
-def record_calculations(env: dict[str, str], config_path: Path) -> int:
-    """Run the calculations to show; return the id of the one for the per-calc page."""
+def record_calculations(env: dict[str, str], config_path: Path) -> tuple[int, int]:
+    """Run the calculations to show; return the ids of a complete and of the failed one."""
     config = load_config(config_path)
     oqz(env, "run", "demo", "--size", "small")
     oqz(env, "run", "demo", "--sources", "400", "--sites", "800", "--tasks", "24")
@@ -66,9 +79,15 @@ def record_calculations(env: dict[str, str], config_path: Path) -> int:
         time.sleep(3)
         oqz(env, "abort", str(client.call("list_calcs")["calcs"][0]["id"]))
         long_run.wait(60)
+        aborted = client.call("get_calc", calc_id=3)
+        if aborted["status"] != "aborted":
+            raise SystemExit(f"calculation 3 is {aborted['status']}, not aborted: "
+                             f"{client.call('get_traceback', calc_id=3)}")
         launcher.query_pools(config, ("kill",), timeout=2)
-        oqz(env, "run", "demo", "--size", "tiny")
-        return int(client.call("list_calcs")["calcs"][2]["id"])
+        oqz(env, "run", "demo", "--size", "tiny")  # fails: no workerpool answers
+        launcher.start_pools(config, "local", wait=60)
+        calcs = client.call("list_calcs")["calcs"]
+        return int(calcs[2]["id"]), int(calcs[0]["id"])
 
 
 def screenshot(url: str, target: Path, profile: Path, height: int) -> None:
@@ -100,15 +119,17 @@ def main() -> int:
             reports = launcher.start_pools(config, "local", wait=60)
             if not all(r.ok for r in reports):
                 raise SystemExit(f"workerpools did not start: {reports}")
-            calc_id = record_calculations(env, config_path)
+            complete_id, failed_id = record_calculations(env, config_path)
             port = free_port()
             webui = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
                                      stderr=subprocess.DEVNULL)
             time.sleep(3)
             base = f"http://127.0.0.1:{port}"
             screenshot(f"{base}/", DOCS / "webui-list.png", directory / "profile", 420)
-            screenshot(f"{base}/calc/{calc_id}", DOCS / "webui-calc.png",
-                       directory / "profile", 1300)
+            screenshot(f"{base}/calc/{complete_id}", DOCS / "webui-calc.png",
+                       directory / "profile", 1000)
+            screenshot(f"{base}/calc/{failed_id}", DOCS / "webui-failed.png",
+                       directory / "profile", 760)
         finally:
             if webui is not None:
                 webui.terminate()

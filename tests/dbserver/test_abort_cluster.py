@@ -22,7 +22,9 @@ OQZ = [sys.executable, "-m", "oqzmq.cli"]
 
 
 def _free_block(size: int) -> int:
-    for base in range(40000 + os.getpid() % 500 * 20, 60000, 20):
+    # below 32768, the ephemeral range: a pool reconnecting to a closed receiver port of that
+    # range can connect to itself (TCP self-connect) and so occupy the port
+    for base in range(20000 + os.getpid() % 500 * 20, 32000, 20):
         try:
             for port in range(base, base + size):
                 for host in ("127.0.0.1", POOL_HOST):

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -231,16 +232,22 @@ def _store_task_timings(calc: Calculation) -> None:
     except (KeyError, OSError) as exc:
         log.info("no task timings stored for calculation %d: %s", calc.id, exc)
         return
-    calc.add_tasks(
-        [
-            {
-                "task_no": int(row["task_no"]),
-                "name": row["operation"].decode(),
-                "host": row["host"].decode(),
-                "duration": float(row["time_sec"]),
-                "nbytes": int(row["bytes"]),
-                "memory_mb": float(row["memory_mb"]),
-            }
-            for row in task_info
-        ]
-    )
+    tasks = [
+        {
+            "task_no": int(row["task_no"]),
+            "name": row["operation"].decode(),
+            "host": row["host"].decode(),
+            "duration": float(row["time_sec"]),
+            "nbytes": int(row["bytes"]),
+            "memory_mb": float(row["memory_mb"]),
+        }
+        for row in task_info
+    ]
+    if tasks:
+        per_host = Counter(task["host"] for task in tasks)
+        log.info(
+            "calculation %d: %d tasks, %.1f s of task time, on %s",
+            calc.id, len(tasks), sum(task["duration"] for task in tasks),
+            ", ".join(f"{host} ({count})" for host, count in sorted(per_host.items())),
+        )
+    calc.add_tasks(tasks)
