@@ -127,3 +127,42 @@ def test_large_arrays_arrive_intact(config: Config) -> None:
     arrays = dict(smap)
     assert set(arrays) == {0, 1}
     np.testing.assert_array_equal(arrays[1], np.ones(2_000_000))
+
+
+def test_private_pool_dies_with_its_master(tmp_path: Path) -> None:
+    """processpool mode: a SIGKILLed master leaves no workerpool or worker behind."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from oqzmq.parallel import LocalPool, Starmap\n"
+        "from enginetasks import square\n"
+        "assert list(Starmap(square, [(2,)], distribute='processpool')) == [4]\n"
+        "print(LocalPool.get().process.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    master = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert master.stdout is not None
+    pool_pid = int(master.stdout.readline())
+    children = _children(pool_pid)
+    assert children, "the pool has no worker processes"
+    master.kill()
+    master.wait()
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in [pool_pid, *children]):
+        assert time.monotonic() < deadline, "the private pool outlived its master"
+        time.sleep(0.1)
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(p) for p in text.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

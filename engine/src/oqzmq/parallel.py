@@ -49,7 +49,7 @@ from oqzmq import protocol
 from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.config import Config, load_config
 from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
-from oqzmq.monitor import Monitor, TaskRecord
+from oqzmq.monitor import Monitor, OperationStats, TaskRecord, peak_memory_mb
 from oqzmq.worker import execute, stats_from_info, task_name
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,8 @@ class LocalPool:
         os.chmod(self.tmpdir.name, 0o700)
         self.endpoint = f"ipc://{self.tmpdir.name}/ctrl"
         command = [sys.executable, "-m", "oqzmq.workerpool", "--host", "localhost",
-                   "--endpoint", self.endpoint, "--cores", str(cores), "--authkey-stdin"]
+                   "--endpoint", self.endpoint, "--cores", str(cores), "--authkey-stdin",
+                   "--exit-with-parent"]
         main_path = _main_path()
         if main_path:
             command += ["--main-path", main_path]
@@ -173,8 +174,9 @@ class LocalPool:
     def get(cls, cores: int = -1) -> LocalPool:
         with cls._lock:
             if cls._instance is None or cls._instance.process.poll() is not None:
+                if cls._instance is None:
+                    atexit.register(cls.shutdown)
                 cls._instance = LocalPool(cores)
-                atexit.register(cls.shutdown)
             return cls._instance
 
     @classmethod
@@ -221,7 +223,7 @@ class Starmap:
         self._pools: list[PoolHandle] = []
         self._closed = False
         self._start = time.perf_counter()
-        self._func_frame = pickle.dumps((func, self.monitor.operation), protocol=5)
+        self._func_frame = b""  # pickled on the first remote submit (mode "no" never pickles)
         for args in iterargs:
             self.submit(*args)
 
@@ -262,6 +264,7 @@ class Starmap:
         raise UserError(f"no workerpool for host {host!r} in [zworkers] host_cores")
 
     def _open(self) -> None:
+        self._func_frame = pickle.dumps((self.func, self.monitor.operation), protocol=5)
         self._context = zmq.Context()
         self._receiver = self._context.socket(zmq.PULL)
         self._receiver.setsockopt(zmq.LINGER, 0)
@@ -456,9 +459,7 @@ def _main_path() -> str | None:
     return os.path.abspath(path)
 
 
-def _elapsed(start: float) -> Any:
-    from oqzmq.monitor import OperationStats, peak_memory_mb
-
+def _elapsed(start: float) -> OperationStats:
     return OperationStats(time.perf_counter() - start, peak_memory_mb(), 1)
 
 

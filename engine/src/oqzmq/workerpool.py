@@ -82,9 +82,17 @@ class WorkerPool:
     """The pool's state and event loop (single-threaded, zmq poller)."""
 
     def __init__(
-        self, endpoint: str, authkey: str, host: str, cores: int, main_path: str | None = None
+        self,
+        endpoint: str,
+        authkey: str,
+        host: str,
+        cores: int,
+        main_path: str | None = None,
+        exit_with_parent: bool = False,
     ) -> None:
         self.endpoint = endpoint
+        # the private pool of processpool mode must not outlive its master, even a SIGKILLed one
+        self.parent = os.getppid() if exit_with_parent else None
         self.main_path = main_path
         self.host = host
         self.pool_id = endpoint
@@ -174,6 +182,9 @@ class WorkerPool:
             if now - last_check >= CHECK_CHILDREN:
                 last_check = now
                 self._reap_dead_workers()
+                if self.parent is not None and os.getppid() != self.parent:
+                    self._kill_now("lost its master process")
+                    break
                 if self.stopping and not self.queue and not self._busy_slots():
                     self.running = False
             if now - last_beat >= HEARTBEAT:
@@ -319,6 +330,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="read the cluster secret from the first line of standard input")
     parser.add_argument("--pidfile", type=Path, help="write the pool's pid here")
     parser.add_argument("--main-path", help="script whose tasks the workers must unpickle")
+    parser.add_argument("--exit-with-parent", action="store_true",
+                        help="exit when the process that started the pool exits")
     return parser.parse_args(argv)
 
 
@@ -330,7 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()
         authkey = sys.stdin.readline().strip() if args.authkey_stdin else config.require_authkey()
         endpoint = args.endpoint or ctrl_endpoint(args.host, args.port or config.ctrl_port)
-        pool = WorkerPool(endpoint, authkey, args.host, args.cores, args.main_path)
+        pool = WorkerPool(endpoint, authkey, args.host, args.cores, args.main_path,
+                          args.exit_with_parent)
     except (ConfigError, zmq.ZMQError) as exc:
         print(f"workerpool: error: {exc}", file=sys.stderr)
         return 2
