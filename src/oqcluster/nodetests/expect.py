@@ -30,4 +30,14 @@ def parse(text: str) -> tuple[str, str, str] | None:
 
 def as_root(host: Any) -> AbstractContextManager[Any]:
     """Run the block's commands as root: directly when connected as root, else with sudo."""
-    return nullcontext() if host.user().name == "root" else host.sudo()
+    return nullcontext() if _login(host) == "root" else host.sudo()
+
+
+_logins: dict[int, str] = {}
+
+
+def _login(host: Any) -> str:
+    """The connection's user, asked once per host (each question is a remote command)."""
+    if id(host) not in _logins:
+        _logins[id(host)] = host.user().name
+    return _logins[id(host)]

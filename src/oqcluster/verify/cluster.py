@@ -5,7 +5,8 @@ from __future__ import annotations
 import configparser
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from oqcluster.verify.context import Context
 from oqcluster.verify.remote import LISTENER, Node
@@ -13,6 +14,7 @@ from oqcluster.verify.results import CheckResult, failed, passed
 
 CONFIG_FILE = "openquake.cfg"
 LISTEN_SECONDS = 30
+PARALLEL_WORKERS = 16  # connections opened at once per check
 # openquake.cfg values every node must share (section, key).
 AGREEING_KEYS = (
     ("distribution", "oq_distribute"),
@@ -85,10 +87,20 @@ def _wait_open(node: Node, port: int, attempts: int = 10) -> bool:
     return False
 
 
+def per_worker(
+    ctx: Context, check: Callable[[Node], Iterable[CheckResult]], skip_master: bool = False
+) -> Iterator[CheckResult]:
+    """`check` on every worker at once (they are independent), results in worker order."""
+    workers = [w for w in ctx.workers if not (skip_master and w.name == ctx.master.name)]
+    if not workers:
+        return
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_WORKERS, len(workers))) as pool:
+        for results in pool.map(lambda worker: list(check(worker)), workers):
+            yield from results
+
+
 def _from_workers(ctx: Context, port: int, check: str) -> Iterator[CheckResult]:
-    for worker in ctx.workers:
-        if worker.name == ctx.master.name:
-            continue
+    def probe(worker: Node) -> Iterator[CheckResult]:
         state = worker.probe(ctx.master.address, [port])[port]
         if state == "open":
             yield passed(worker.name, check, "open")
@@ -97,21 +109,24 @@ def _from_workers(ctx: Context, port: int, check: str) -> Iterator[CheckResult]:
                          f"allow {port}/tcp from {worker.address} in {ctx.master.name}'s "
                          f"firewall: {FIREWALL_FIX}")
 
+    yield from per_worker(ctx, probe, skip_master=True)
+
 
 def workerpools_reachable(ctx: Context) -> Iterator[CheckResult]:
     """Each worker's workerpool listens, and the master gets through to it."""
     port = ctx.setting("oq_ctrl_port")
-    for worker in ctx.workers:
+
+    def probe(worker: Node) -> Iterator[CheckResult]:
         local = worker.probe(worker.address, [port])[port]
         if local != "open":
             yield failed(worker.name, f"workerpool listens on {worker.address}:{port}", "open",
                          local, f"on {ctx.master.name} as {ctx.setting('oq_user')}: "
                          "oqz workers start (then oqz workers status)")
-            continue
+            return
         check = f"master reaches {worker.address}:{port} (workerpool)"
         if worker.name == ctx.master.name:
             yield passed(worker.name, check, "open (same node)")
-            continue
+            return
         state = ctx.master.probe(worker.address, [port])[port]
         if state == "open":
             yield passed(worker.name, check, "open")
@@ -120,11 +135,14 @@ def workerpools_reachable(ctx: Context) -> Iterator[CheckResult]:
                          f"allow {port}/tcp from {ctx.master.address} in {worker.name}'s "
                          f"firewall: {FIREWALL_FIX}")
 
+    yield from per_worker(ctx, probe)
+
 
 def ssh_master_to_workers(ctx: Context) -> Iterator[CheckResult]:
     """The engine's account on the master logs in to each worker: no prompt, pinned host key."""
     user = ctx.setting("oq_user")
-    for worker in ctx.workers:
+
+    def login(worker: Node) -> Iterator[CheckResult]:
         check = f"{user}@master ssh {worker.address} (BatchMode, pinned host key)"
         out = ctx.master.run_as(
             user, "ssh -o BatchMode=yes -o StrictHostKeyChecking=yes -o ConnectTimeout=5 "
@@ -135,6 +153,8 @@ def ssh_master_to_workers(ctx: Context) -> Iterator[CheckResult]:
         else:
             yield failed(worker.name, check, "exit 0 without prompt", out.text or f"rc {out.rc}",
                          _ssh_fix(out.text))
+
+    yield from per_worker(ctx, login)
 
 
 def _ssh_fix(error: str) -> str:
@@ -159,9 +179,8 @@ def shared_dir_visible(ctx: Context) -> Iterator[CheckResult]:
                      "re-run site.yml --tags nfs")
         return
     try:
-        for worker in ctx.workers:
-            if worker.name != ctx.master.name:
-                yield from _shared_file_on_worker(worker, user, path, token)
+        yield from per_worker(ctx, lambda worker: _shared_file_on_worker(worker, user, path, token),
+                              skip_master=True)
     finally:
         ctx.master.run_as(user, "rm -f %s", path)
 
@@ -190,7 +209,9 @@ def _shared_file_on_worker(worker: Node, user: str, path: str, token: str) -> It
 def config_agrees(ctx: Context) -> Iterator[CheckResult]:
     """openquake.cfg values that must be equal on every node are equal to the master's."""
     path = f"{ctx.setting('oq_config_dir')}/{CONFIG_FILE}"
-    configs = {node.name: _read_config(node, path) for node in ctx.nodes}
+    with ThreadPoolExecutor(max_workers=PARALLEL_WORKERS) as pool:
+        read = pool.map(lambda node: _read_config(node, path), ctx.nodes)
+        configs = dict(zip((node.name for node in ctx.nodes), read, strict=True))
     reference = configs[ctx.master.name]
     for node in ctx.nodes:
         config = configs[node.name]
