@@ -96,3 +96,35 @@ def test_no_dbserver_means_a_clear_error_before_anything_runs(config: Config) ->
         calculation(config, client=DbClient(config, timeout=0.3)),
     ):
         pytest.fail("the calculation must not start without its record")
+
+
+def test_a_dbserver_restart_during_a_calculation_loses_nothing(config: Config) -> None:
+    from oqzmq.dbserver import DbServer
+
+    first = DbServer(config)
+    thread = threading.Thread(target=first.serve_forever, daemon=True)
+    thread.start()
+    restarted: list[DbServer] = []
+
+    def restart_later() -> None:
+        time.sleep(1.5)
+        server = DbServer(config)
+        restarted.append(server)
+        server.serve_forever()
+
+    with calculation(config, client=DbClient(config, timeout=1.0)) as calc:
+        log.info("before the restart")
+        time.sleep(0.7)  # shipped
+        first.stop()
+        thread.join(10)
+        threading.Thread(target=restart_later, daemon=True).start()
+        log.info("while the dbserver is down")
+    try:
+        with DbClient(config) as client:
+            record = client.call("get_calc", calc_id=calc.id)
+            messages = [r["message"] for r in client.call("get_logs", calc_id=calc.id)]
+    finally:
+        restarted[0].stop()
+    assert record["status"] == "complete"
+    assert "before the restart" in messages and "while the dbserver is down" in messages
+    assert messages.count("while the dbserver is down") == 1

@@ -55,6 +55,10 @@ class DbServerError(UserError):
     """The dbserver is unreachable, refused us, or could not honour a request."""
 
 
+class DbServerUnreachable(DbServerError):
+    """Nothing answers at the dbserver's address (down, restarting, network): worth a retry."""
+
+
 def db_file(config: Config) -> Path:
     """The SQLite file of ``[dbserver] file`` (the reference engine's default when unset)."""
     return Path(config.db_file or DEFAULT_DB_FILE).expanduser()
@@ -396,7 +400,7 @@ class DbClient:
             ):
                 pass
         except ConnectionRefusedError:
-            raise DbServerError(
+            raise DbServerUnreachable(
                 f"the dbserver is not running: nothing listens on {self.address}; "
                 f"{START_HINT}. Its address comes from [dbserver] host/port in "
                 f"{self.config.source}"
@@ -416,7 +420,7 @@ class DbClient:
                 return response
             # a late answer to an earlier request that timed out: skip it
         self._drop_socket()
-        raise DbServerError(
+        raise DbServerUnreachable(
             f"{self.where} did not answer within {self.timeout:g} s: is it running? "
             f"{START_HINT}; `oqz dbserver status` checks it. Its address comes from "
             f"[dbserver] host/port in {self.config.source}"

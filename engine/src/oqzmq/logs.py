@@ -33,13 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from oqzmq.config import Config
-from oqzmq.dbserver import DbClient, DbServerError
+from oqzmq.dbserver import DbClient, DbServerError, DbServerUnreachable
 
 log = logging.getLogger("oqzmq.calc")
 
 FLUSH_SECONDS = 0.5
 WAIT_SECONDS = 2.0
 MAX_BUFFERED = 100_000
+CLOSE_RETRY_SECONDS = 30.0  # a dbserver restarted by systemd is back well within this
 TASK_CHUNK = 2_000
 
 
@@ -65,13 +66,31 @@ class Calculation:
     def set_status(self, status: str) -> None:
         self.client.call("set_status", calc_id=self.id, status=status)
 
+    def call_patiently(self, cmd: str, **args: Any) -> Any:
+        """Call the dbserver, retrying while it is unreachable (e.g. being restarted):
+        what a finished calculation must record is worth waiting a little for."""
+        deadline = time.monotonic() + CLOSE_RETRY_SECONDS
+        warned = False
+        while True:
+            try:
+                return self.client.call(cmd, **args)
+            except DbServerUnreachable as exc:
+                if time.monotonic() >= deadline:
+                    raise
+                if not warned:
+                    print(f"oqz: warning: {exc}; retrying for up to "
+                          f"{CLOSE_RETRY_SECONDS:.0f} s", flush=True)
+                    warned = True
+                time.sleep(1.0)
+
     def set_datastore(self, path: str | Path) -> None:
         self.datastore = Path(path)
         self.client.call("set_datastore", calc_id=self.id, datastore=str(path))
 
     def add_tasks(self, tasks: list[dict[str, Any]]) -> None:
         for start in range(0, len(tasks), TASK_CHUNK):
-            self.client.call("add_tasks", calc_id=self.id, tasks=tasks[start : start + TASK_CHUNK])
+            chunk = tasks[start : start + TASK_CHUNK]
+            self.call_patiently("add_tasks", calc_id=self.id, tasks=chunk)
 
     def note_abort(self) -> None:
         """Called when the dbserver says `oqz abort` was asked: interrupt the main thread once."""
@@ -196,7 +215,8 @@ def _close(calc: Calculation, status: str) -> None:
     _store_task_timings(calc)
     log.info("calculation %d %s", calc.id, status)
     calc._handler.stop()
-    calc.set_status(status)
+    calc.call_patiently("set_status", calc_id=calc.id, status=status)
+    calc._handler.flush()  # what an outage of the dbserver held back
 
 
 def _close_failed(calc: Calculation, exc: BaseException) -> None:
@@ -208,7 +228,7 @@ def _close_failed(calc: Calculation, exc: BaseException) -> None:
     text = "".join(traceback.format_exception(exc))
     log.error("calculation %d failed: %s", calc.id, exc)
     try:
-        calc.client.call("set_traceback", calc_id=calc.id, traceback=text)
+        calc.call_patiently("set_traceback", calc_id=calc.id, traceback=text)
     except DbServerError as db_exc:
         print(f"oqz: warning: cannot store the traceback: {db_exc}", flush=True)
     _close_quietly(calc, "failed")
