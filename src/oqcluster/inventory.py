@@ -33,6 +33,7 @@ class InventoryError(RuntimeError):
 
 # Argument-spec keys that describe a value (the rest document it, or fill it in).
 SPEC_KEYS = ("type", "choices", "elements", "options")
+SOURCE = "_source"  # where a spec was read, for the messages
 
 
 def load_defaults(loader: DataLoader, path: Path) -> dict[str, Any]:
@@ -44,15 +45,27 @@ def load_defaults(loader: DataLoader, path: Path) -> dict[str, Any]:
 
 
 def load_specs(loader: DataLoader, defaults_path: Path) -> dict[str, dict[str, Any]]:
-    """The role's argument specs (meta/argument_specs.yml beside defaults/), by variable."""
-    path = defaults_path.parent.parent / "meta" / "argument_specs.yml"
-    if not path.is_file():
-        return {}
-    options = loader.load_from_file(str(path))["argument_specs"]["main"].get("options", {})
-    return {
-        name: {key: spec[key] for key in SPEC_KEYS if key in spec}
-        for name, spec in options.items()
-    }
+    """The argument specs of the oq role (beside defaults/) and of its sibling roles.
+
+    Each role checks its own variables when it starts on a host; checking them here too
+    fails a typo (a wrong choice, a string for a number) before any host is touched.
+    """
+    own = defaults_path.parent.parent / "meta" / "argument_specs.yml"
+    roles = own.parents[2]
+    specs: dict[str, dict[str, Any]] = {}
+    for path in (own, *sorted(roles.glob("*/meta/argument_specs.yml"))):
+        if path.is_file():
+            source = f"roles/{path.relative_to(roles)}"
+            for name, spec in _main_options(loader, path).items():
+                kept = {key: spec[key] for key in SPEC_KEYS if key in spec}
+                specs.setdefault(name, {**kept, SOURCE: source})
+    return specs
+
+
+def _main_options(loader: DataLoader, path: Path) -> dict[str, Any]:
+    data = loader.load_from_file(str(path)) or {}
+    main = data.get("argument_specs", {}).get("main", {})
+    return dict(main.get("options") or {})
 
 
 def check_types(
@@ -69,9 +82,10 @@ def check_types(
     for name, spec in specs.items():
         if name not in values or values[name] == GENERATED:
             continue
-        result = ArgumentSpecValidator({name: dict(spec)}).validate({name: values[name]})
+        validator = ArgumentSpecValidator({name: {k: v for k, v in spec.items() if k != SOURCE}})
+        result = validator.validate({name: values[name]})
         if result.error_messages:
-            errors[name] = result.error_messages[0]
+            errors[name] = f"{result.error_messages[0]} (spec: {spec.get(SOURCE, '?')})"
             del converted[name]
         elif spec.get("type") != "path":
             converted[name] = result.validated_parameters[name]
@@ -97,7 +111,7 @@ def evaluate_host(
     templar = Templar(loader=loader, variables=variables)
     values: dict[str, Any] = {}
     errors: dict[str, str] = {}
-    for key in _variables_to_check(defaults, variables):
+    for key in _variables_to_check(defaults, variables, raw_vars, specs or {}):
         if key == "oq_authkey" and _is_generated_secret(variables[key], defaults):
             values[key] = GENERATED  # evaluating it would write the secret file: not in a check
             continue
@@ -109,8 +123,16 @@ def evaluate_host(
     return HostSettings(name=name, values=converted, errors=errors, type_errors=type_errors)
 
 
-def _variables_to_check(defaults: Mapping[str, Any], variables: Mapping[str, Any]) -> list[str]:
-    wanted = [*defaults, *PER_HOST_VARIABLES]
+def _variables_to_check(
+    defaults: Mapping[str, Any], variables: Mapping[str, Any],
+    inventory_vars: Mapping[str, Any], specs: Mapping[str, Any],
+) -> list[str]:
+    """The oq role's variables, the per-host ones, and other roles' set in the inventory.
+
+    Other roles' defaults are not evaluated: some need facts only a host can give.
+    """
+    other_roles = [name for name in specs if name in inventory_vars]
+    wanted = [*defaults, *PER_HOST_VARIABLES, *other_roles]
     return [key for key in dict.fromkeys(wanted) if key in variables]
 
 

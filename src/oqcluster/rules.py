@@ -45,7 +45,6 @@ ABSOLUTE_PATHS = (
     "oq_shared_dir", "oq_install_dir", "oq_venv_dir",
     "oq_config_dir", "oq_state_dir", "oq_dbserver_file", "oq_home",
 )
-CONTRACT = "roles/oq/meta/argument_specs.yml"
 
 
 @dataclass(frozen=True)
@@ -307,7 +306,7 @@ def _merged_host_problems(cluster: ClusterData) -> Iterator[Problem]:
 
 def _type_findings(host: HostSettings) -> Iterator[Finding]:
     for variable, error in host.type_errors.items():
-        fix = f"see {variable} in {CONTRACT} for its type and allowed values"
+        fix = f"give {variable} a value of the type and choices its argument spec allows"
         yield Finding(variable, error, fix)
 
 

@@ -90,3 +90,21 @@ def test_check_reads_vaulted_values_with_the_vault_password() -> None:
     assert "m1, w1 · oq_authkey" in locked.stdout
     assert "--vault-password-file" in locked.stdout
     assert unlocked.returncode == 0, unlocked.stdout + unlocked.stderr
+
+
+def test_check_applies_every_roles_argument_specs_to_inventory_values(
+    project_root: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(
+        "all:\n  vars:\n    oq_firewall_backend: iptables\n    oq_uid: '1909'\n"
+        "  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
+        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
+    )
+
+    code = main(["check", "-i", str(inventory), "--json"])
+
+    problems = json.loads(capsys.readouterr().out)
+    assert code == 1
+    assert [(p["host"], p["variable"]) for p in problems] == [("all hosts", "oq_firewall_backend")]
+    assert "spec: roles/oq_firewall/meta/argument_specs.yml" in problems[0]["message"]

@@ -67,7 +67,8 @@ def _rows(results: Sequence[CheckResult], verbose: bool) -> list[tuple[str, str,
         skipped = len(hidden) - passed
         if hidden:
             note = f"{skipped} skipped (not for this node)" if skipped else ""
-            rows.append((f"{passed} more checks", f"[green]{MARK[Status.PASS]}[/]", note))
+            label = f"{passed} more checks" if rows else f"{passed} checks"
+            rows.append((label, f"[green]{MARK[Status.PASS]}[/]", note))
     return rows
 
 
