@@ -81,6 +81,19 @@ def test_status_fails_when_no_dbserver_runs(env: dict[str, str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_an_unusable_database_file_is_a_clear_error(
+    cfg_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oqzmq.cli import main
+
+    text = cfg_path.read_text().replace(str(cfg_path.parent / "db"), "/proc/no-such-dir")
+    cfg_path.write_text(text)
+    assert main(["dbserver", "start"]) == 2
+    error = capsys.readouterr().err
+    assert "cannot open the calculation database /proc/no-such-dir/db.sqlite3" in error
+    assert "[dbserver] file" in error and "Traceback" not in error
+
+
 def test_the_dbserver_runs_in_the_foreground_until_sigterm(
     dbserver_service: Service, env: dict[str, str]
 ) -> None:

@@ -38,6 +38,9 @@ def test_status_log_traceback_and_tasks_of_one_calculation(webui) -> None:
     assert get(f"{calc}/status")[1]["status"] == "complete"
     assert [r["message"] for r in get(f"{calc}/log")[1]] == ["started"]
     assert get(f"{calc}/log?after_id=1")[1] == []
+    assert get(f"{calc}/log/0:")[1] == [["2001-09-09 01:46:40", "INFO", "m:1", "started"]]
+    assert get(f"{calc}/log/1:")[1] == []
+    assert get(f"{calc}/log/a:b")[0] == 400
     assert len(get(f"{calc}/tasks")[1]) == 6
     assert get(f"{calc}/traceback")[1] == []
     traceback = get(f"{web.url}/v1/calc/{ids['failed']}/traceback")[1]

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from oqzmq.errors import UserError
+
 STATUSES = ("created", "submitted", "executing", "complete", "failed", "aborted")
 TERMINAL = frozenset({"complete", "failed", "aborted"})
 ACTIVE = frozenset({"created", "submitted", "executing"})
@@ -70,7 +72,7 @@ CREATE TABLE IF NOT EXISTS task (
 """
 
 
-class DbError(Exception):
+class DbError(UserError):
     """A request the database cannot honour; the message is meant for the user."""
 
 

@@ -5,6 +5,8 @@ JSON API (the reference engine's paths):
                                   the header X-Total-Count gives the total
     /v1/calc/ID/status            one calculation
     /v1/calc/ID/log               its log records (?after_id=N to follow a running log)
+    /v1/calc/ID/log/START:STOP    the reference engine's form: [[time, level, process, message]]
+                                  for records START to STOP (a Python slice; STOP may be empty)
     /v1/calc/ID/traceback         its traceback as a list of lines ([] when none)
     /v1/calc/ID/tasks             its task timings (operation, host, seconds, memory, bytes)
     /v1/workers/status            [[host, running, total], ...] like `oqz workers status`
@@ -123,6 +125,18 @@ class WebUI:
         after_id = _int_param(request, "after_id", 0, maximum=2**62)
         return JSONResponse(self.call("get_logs", calc_id=_calc_id(request), after_id=after_id))
 
+    def api_log_slice(self, request: Request) -> Response:
+        start_text, _, stop_text = str(request.path_params["span"]).partition(":")
+        try:
+            span = slice(int(start_text or 0), int(stop_text) if stop_text else None)
+        except ValueError:
+            raise HTTPException(400, "use /log/START:STOP with integers, e.g. /log/0:100") from None
+        records = self.call("get_logs", calc_id=_calc_id(request))[span]
+        return JSONResponse(
+            [[format_stamp(r["timestamp"]), r["level"], r["process"], r["message"]]
+             for r in records]
+        )
+
     def api_traceback(self, request: Request) -> Response:
         text = self.call("get_traceback", calc_id=_calc_id(request)) or ""
         return JSONResponse(text.splitlines())
@@ -209,6 +223,7 @@ def create_app(client: DbClient, workers_status: WorkersStatus | None = None) ->
         Route("/v1/calc/list", ui.api_list),
         Route(f"{calc}/status", ui.api_status),
         Route(f"{calc}/log", ui.api_log),
+        Route(f"{calc}/log/{{span}}", ui.api_log_slice),
         Route(f"{calc}/traceback", ui.api_traceback),
         Route(f"{calc}/tasks", ui.api_tasks),
         Route("/v1/workers/status", ui.api_workers),
