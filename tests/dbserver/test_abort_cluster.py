@@ -1,5 +1,6 @@
-"""`oqz abort` on a real zmq calculation: its queued tasks are dropped on the workerpool, its
-receiver port is freed, and another calculation on the same pool carries on to completion."""
+"""`oqz abort` on a real zmq calculation: its queued tasks are dropped on the workerpool, the
+worker process running its task is killed (and replaced), its receiver port is freed, and
+another calculation on the same pool carries on to completion."""
 
 from __future__ import annotations
 
@@ -74,6 +75,27 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Config, dict[str, str]]]:
         thread.join(10)
 
 
+def _busy_worker(config: Config) -> int:
+    """The pid of the pool's worker process that is running a task."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        reply = launcher.query_pools(config, ("inspect",), timeout=3)[POOL_HOST]
+        assert reply is not None, "the workerpool does not answer"
+        busy = [pid for pid, tasks in reply[2].items() if tasks]
+        if busy:
+            return int(busy[0])
+        time.sleep(0.1)
+    raise AssertionError("no worker process got a task")
+
+
+def _is_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
 def _wait_for(predicate, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -86,7 +108,8 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
     client = DbClient(config)
     second = None
     long_run = subprocess.Popen(
-        [*OQZ, "run", "demo", "--sources", "600", "--sites", "500", "--tasks", "60"],
+        # 3 tasks of several seconds each: the pool's one worker holds two of them
+        [*OQZ, "run", "demo", "--sources", "300", "--sites", "2000", "--tasks", "3"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -98,6 +121,7 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         _wait_for(lambda: client.call("list_calcs")["total"] == 2, 30, "the second calculation")
+        busy_worker = _busy_worker(config)
         started = time.monotonic()
         abort = subprocess.run(
             [*OQZ, "abort", str(first)], env=env, capture_output=True, text=True, timeout=60,
@@ -106,6 +130,7 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
         assert abort.returncode == 0, abort.stderr
         assert abort.stdout.strip() == f"calculation {first} aborted"
         assert time.monotonic() - started < 15
+        _wait_for(lambda: _is_gone(busy_worker), 5, "the busy worker process to be killed")
         assert long_run.wait(30) != 0  # the aborted run exits with an error status
         assert _port_is_free(config.receiver_ports[0]), "the receiver port was not freed"
         _, second_err = second.communicate(timeout=120)

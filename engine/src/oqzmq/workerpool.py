@@ -72,6 +72,7 @@ class WorkerSlot:
     process: multiprocessing.process.BaseProcess
     ready: bool = False
     assigned: deque[Task] = field(default_factory=deque)
+    revoked: bool = False  # being killed on purpose: its tasks were cancelled
 
 
 def ctrl_endpoint(host: str, port: int) -> str:
@@ -144,13 +145,14 @@ class WorkerPool:
         for slot in [s for s in self.slots.values() if not s.process.is_alive()]:
             del self.slots[slot.ident]
             reason = _exit_reason(slot.process.exitcode)
-            if slot.assigned:
+            if slot.assigned and not slot.revoked:
                 running = slot.assigned.popleft()
                 self._report_lost(running, f"worker process pid {slot.process.pid} on host "
                                            f"{self.host} {reason} while running task "
                                            f"{running.task_no}")
                 self.queue.extendleft(reversed(slot.assigned))  # never started: run elsewhere
-            log.error("worker process %s %s", slot.process.pid, reason)
+            if not slot.revoked:
+                log.error("worker process %s %s", slot.process.pid, reason)
             if not self.stopping:
                 self._start_worker()
 
@@ -205,7 +207,8 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         depth = PREFETCH_SHORT if self.mean_task_time < SHORT_TASK else PREFETCH_LONG
-        ready = [s for s in self.slots.values() if s.ready and len(s.assigned) < depth]
+        ready = [s for s in self.slots.values()
+                 if s.ready and not s.revoked and len(s.assigned) < depth]
         # share what is queued fairly: no worker takes more than its part of the queue
         share = max(1, -(-len(self.queue) // max(1, len(ready))))
         for slot in sorted(ready, key=lambda s: len(s.assigned)):
@@ -228,7 +231,7 @@ class WorkerPool:
     # --- handlers
     def _on_worker(self, message: protocol.Received) -> None:
         slot = self.slots.get(message.envelope[0])
-        if slot is None:
+        if slot is None or slot.revoked:
             return
         kind = message.meta[0]
         if kind == "ready":
@@ -257,9 +260,25 @@ class WorkerPool:
         if command == "cancel":
             token = message.meta[1]
             self.queue = deque(t for t in self.queue if t.token != token)
+            self._revoke_running(token)
             return
         reply = self._reply(command)
         protocol.send(self.ctrl, self._ctrl_out, reply, envelope=message.envelope)
+
+    def _revoke_running(self, token: str) -> None:
+        """Kill the worker processes busy only with tasks of a cancelled calculation (`oqz
+        abort`, a failed Starmap); a new process replaces each. A worker that also holds
+        tasks of another calculation is left to finish (it may already have started one of
+        them): killing it would disturb that calculation."""
+        for slot in self.slots.values():
+            if slot.revoked or not slot.assigned:
+                continue
+            if all(task.token == token for task in slot.assigned):
+                log.info("revoking %s: killing worker process %s",
+                         ", ".join(task.key for task in slot.assigned), slot.process.pid)
+                slot.assigned.clear()
+                slot.revoked = True
+                _kill(slot.process)
 
     def _reply(self, command: str) -> tuple[object, ...]:
         if command == "ping":
