@@ -9,7 +9,8 @@ hostvars, so `oqcluster check` and the preflight see the same values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
 
 SECRET_FILE = Path("credentials/oq_authkey.txt")  # beside the inventory: see the role defaults
+
+CREDENTIALS = "credentials"  # where the role defaults keep generated secrets
 
 RawVars = Callable[[str], Mapping[str, Any]]
 
@@ -229,12 +232,75 @@ class Inventory:
     def cluster_data(self) -> ClusterData:
         return cluster_data(self.groups, self.raw_vars, self.defaults_path, self.loader)
 
+    def missing_secret(self, name: str) -> Path | None:
+        """The generated secret's file when it is not on this control node, else None.
+
+        None too when the inventory sets oq_authkey itself. Nothing is left behind.
+        """
+        from ansible.template import Templar
+
+        variables = self.task_vars(name)
+        try:
+            with no_new_credentials(self.inventory_dirs()):
+                Templar(loader=self.loader, variables=variables).template(
+                    variables["oq_authkey"])
+        except SecretMissing as error:
+            return error.created[0]
+        return None
+
     def inventory_dirs(self) -> list[Path]:
         """The directories the hosts were read from (where generated secrets are kept)."""
         dirs = {
             str(self.raw_vars(name).get("inventory_dir") or ".") for name in self.host_names()
         }
         return sorted(Path(d) for d in dirs)
+
+
+class SecretMissing(RuntimeError):
+    """Evaluating oq_authkey would generate a secret the cluster already has elsewhere."""
+
+    def __init__(self, created: list[Path]) -> None:
+        self.created = created
+        names = ", ".join(str(path) for path in created)
+        super().__init__(
+            f"the cluster secret ({names}) is not on this control node: copy it from the "
+            "control node that ran site.yml, or set oq_authkey (vaulted) in the inventory"
+        )
+
+
+@contextmanager
+def no_new_credentials(dirs: list[Path]) -> Iterator[None]:
+    """Fail with SecretMissing, removing them, if the block creates files in credentials/.
+
+    The generated oq_authkey is created on first use (a password lookup that writes
+    <inventory_dir>/credentials/...). Commands that compare with a running cluster must not
+    invent one: it would not match the nodes, and the next site.yml run would push it to
+    every node.
+    """
+    before = _credential_files(dirs)
+    try:
+        yield
+    finally:
+        created = sorted(_credential_files(dirs) - before)
+        if created:
+            _remove_credentials(created, dirs)
+            raise SecretMissing(created)
+
+
+def _credential_files(dirs: list[Path]) -> set[Path]:
+    return {
+        path for directory in dirs
+        for path in (directory / CREDENTIALS).glob("*") if path.is_file()
+    }
+
+
+def _remove_credentials(created: list[Path], dirs: list[Path]) -> None:
+    for path in created:
+        path.unlink(missing_ok=True)
+    for directory in dirs:
+        credentials = directory / CREDENTIALS
+        if credentials.is_dir() and not any(credentials.iterdir()):
+            credentials.rmdir()
 
 
 def _load_vault_secrets(loader: DataLoader, password_files: list[str], ask: bool) -> None:

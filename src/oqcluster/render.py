@@ -10,7 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from oqcluster.inventory import Inventory
+from oqcluster.inventory import Inventory, SecretMissing, no_new_credentials
+
+__all__ = ["SecretMissing", "render_config", "render_existing_config", "write_config"]
 
 # The ansible.builtin.template defaults the role relies on (it passes none of these).
 TEMPLATE_OVERRIDES: dict[str, Any] = {
@@ -25,7 +27,6 @@ TEMPLATE_OVERRIDES: dict[str, Any] = {
     "comment_end_string": "#}",
 }
 CONFIG_NAME = "openquake.cfg"
-CREDENTIALS = "credentials"  # where the role defaults keep generated secrets
 CONFIG_MODE = 0o600  # it holds the cluster secret
 
 
@@ -41,52 +42,14 @@ def render_config(inventory: Inventory, host: str, template: Path) -> str:
     return "" if result is None else str(result)
 
 
-class SecretMissing(RuntimeError):
-    """Rendering would have generated a secret that the cluster already has elsewhere."""
-
-    def __init__(self, created: list[Path]) -> None:
-        self.created = created
-        names = ", ".join(str(path) for path in created)
-        super().__init__(
-            f"the cluster secret ({names}) is not on this control node: copy it from the "
-            "control node that ran site.yml, or set oq_authkey (vaulted) in the inventory"
-        )
-
-
 def render_existing_config(inventory: Inventory, host: str, template: Path) -> str:
-    """render_config, for comparing with a running cluster: it must not invent a secret.
+    """render_config, for comparing with a running cluster: it never invents the secret.
 
-    The generated oq_authkey is created on first use (a password lookup beside the
-    inventory, in <inventory_dir>/credentials/). A new one would not match the nodes, and
-    the next site.yml run would push it everywhere; so a file the rendering creates there
-    is removed again and reported as SecretMissing.
+    Raises SecretMissing (and leaves nothing behind) when the generated oq_authkey is not
+    on this control node; see oqcluster.inventory.no_new_credentials.
     """
-    dirs = inventory.inventory_dirs()
-    before = _files_near(dirs)
-    try:
+    with no_new_credentials(inventory.inventory_dirs()):
         return render_config(inventory, host, template)
-    finally:
-        created = sorted(_files_near(dirs) - before)
-        if created:
-            _remove(created, dirs)
-            raise SecretMissing(created)
-
-
-def _files_near(dirs: list[Path]) -> set[Path]:
-    """The files of each inventory directory's credentials/ directory."""
-    return {
-        path for directory in dirs
-        for path in (directory / CREDENTIALS).glob("*") if path.is_file()
-    }
-
-
-def _remove(created: list[Path], dirs: list[Path]) -> None:
-    for path in created:
-        path.unlink(missing_ok=True)
-    for directory in dirs:
-        credentials = directory / CREDENTIALS
-        if credentials.is_dir() and not any(credentials.iterdir()):
-            credentials.rmdir()
 
 
 def write_config(out_dir: Path, host: str, text: str) -> Path:

@@ -191,3 +191,18 @@ def test_table_shows_problems_and_smoke_counts_and_folds_the_passes() -> None:
     assert "1 more checks" in text and "1 skipped" in text
     assert "fix: oqz workers start" in text
     assert "user has the fixed uid" not in text
+
+
+def test_missing_secret_names_the_file_and_leaves_nothing_behind(
+    project_root: Path, tmp_path: Path
+) -> None:
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    with_key = Inventory([str(inventory)], find_project().defaults)
+    inventory.write_text(inventory.read_text().replace("    oq_authkey:", "    #oq_authkey:"))
+    generated = Inventory([str(inventory)], find_project().defaults)
+
+    missing = generated.missing_secret("m1")
+
+    assert with_key.missing_secret("m1") is None
+    assert missing is not None and missing.parent == tmp_path / "credentials"
+    assert not (tmp_path / "credentials").exists()
