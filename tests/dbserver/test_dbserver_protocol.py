@@ -198,3 +198,17 @@ def test_a_missing_authkey_is_a_config_error(config: Config) -> None:
 
     with pytest.raises(ConfigError, match="authkey is missing"):
         DbClient(replace(config, authkey=""))
+
+
+def test_an_oversized_message_is_dropped_before_it_is_read(dbserver, config: Config) -> None:
+    from oqzmq.dbserver import MAX_MESSAGE_BYTES
+
+    sock = _raw_socket(config)
+    sock.setsockopt(zmq.RCVTIMEO, 500)
+    try:
+        sock.send_multipart([b"x" * (MAX_MESSAGE_BYTES + 1)])
+        with pytest.raises(zmq.Again):
+            sock.recv_multipart()  # no refusal either: zmq closed the connection
+    finally:
+        sock.close()
+    assert ping(config)["version"]

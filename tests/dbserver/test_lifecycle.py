@@ -128,3 +128,13 @@ def test_a_dbserver_restart_during_a_calculation_loses_nothing(config: Config) -
     assert record["status"] == "complete"
     assert "before the restart" in messages and "while the dbserver is down" in messages
     assert messages.count("while the dbserver is down") == 1
+
+
+def test_a_burst_of_log_records_is_shipped_in_batches(config: Config, client) -> None:
+    with calculation(config) as calc:
+        for number in range(5_000):
+            log.info("record %d", number)
+    messages = [r["message"] for r in client.call("get_logs", calc_id=calc.id)]
+    assert [m for m in messages if m.startswith("record ")] == [
+        f"record {n}" for n in range(5_000)
+    ]

@@ -49,6 +49,9 @@ DEFAULT_DB_FILE = "~/oqdata/db.sqlite3"
 REFUSAL = b"oqzmq-dbserver: authentication failed"
 START_HINT = "start it with `oqz dbserver start` (or `systemctl start openquake-dbserver`)"
 MAX_LIST = 10_000
+# zmq drops larger messages before we see them: an unauthenticated peer cannot make the
+# dbserver buffer gigabytes. Clients send logs in batches far below this.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class DbServerError(UserError):
@@ -242,6 +245,7 @@ class DbServer:
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         try:
             sock.bind(self.address)
         except zmq.ZMQError as exc:

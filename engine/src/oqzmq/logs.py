@@ -40,6 +40,7 @@ log = logging.getLogger("oqzmq.calc")
 FLUSH_SECONDS = 0.5
 WAIT_SECONDS = 2.0
 MAX_BUFFERED = 100_000
+LOG_BATCH = 2_000  # records per message: well below the dbserver's message size limit
 CLOSE_RETRY_SECONDS = 30.0  # a dbserver restarted by systemd is back well within this
 TASK_CHUNK = 2_000
 
@@ -158,8 +159,15 @@ class DbLogHandler(logging.Handler):
             self.flush()
 
     def flush(self) -> None:
-        with self._lock:
-            batch, self._buffer = self._buffer, []
+        """Ship what is buffered, in batches of LOG_BATCH (an empty call still asks whether
+        an abort was requested)."""
+        while True:
+            with self._lock:
+                batch, self._buffer = self._buffer[:LOG_BATCH], self._buffer[LOG_BATCH:]
+            if not self._ship(batch) or not self._buffer:
+                return
+
+    def _ship(self, batch: list[list[Any]]) -> bool:
         try:
             reply = self.calc.client.call("add_logs", calc_id=self.calc.id, records=batch)
         except DbServerError as exc:
@@ -168,10 +176,11 @@ class DbLogHandler(logging.Handler):
             if not self._warned:
                 self._warned = True
                 print(f"oqz: warning: cannot ship logs: {exc}", flush=True)
-            return
+            return False
         self._warned = False
         if reply["abort_requested"]:
             self.calc.note_abort()
+        return True
 
 
 @contextmanager
