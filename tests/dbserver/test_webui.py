@@ -66,6 +66,14 @@ def test_api_errors_are_json_with_a_reason(webui, path: str, code: int, message:
     assert status == code and message in body["error"]
 
 
+def test_every_response_carries_the_security_headers(webui) -> None:
+    web, _ = webui
+    for path in ("/", "/v1/calc/list", "/static/app.js", "/v1/calc/999/status"):
+        headers = get(web.url + path)[2]
+        assert headers["content-security-policy"].startswith("default-src 'self'"), path
+        assert headers["x-content-type-options"] == "nosniff", path
+
+
 def test_an_unknown_calculation_page_is_a_readable_404(webui) -> None:
     web, _ = webui
     status, body, _ = get(f"{web.url}/calc/999")

@@ -22,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from oqzmq.dbserver import DbClient, DbServerError
 from oqzmq.webui.plot import task_chart
@@ -214,6 +217,36 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return Response(body, status_code=exc.status_code, media_type="text/html")
 
 
+SECURITY_HEADERS = {
+    # scripts and styles only from this server (the legend's colours are inline styles)
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every HTTP response."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def create_app(client: DbClient, workers_status: WorkersStatus | None = None) -> Starlette:
     ui = WebUI(client, workers_status)
     calc = "/v1/calc/{calc_id:int}"
@@ -229,6 +262,10 @@ def create_app(client: DbClient, workers_status: WorkersStatus | None = None) ->
         Route("/v1/workers/status", ui.api_workers),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app = Starlette(
+        routes=routes,
+        exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(SecurityHeaders)],
+    )
     app.state.webui = ui
     return app
