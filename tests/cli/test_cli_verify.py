@@ -206,3 +206,27 @@ def test_missing_secret_names_the_file_and_leaves_nothing_behind(
     assert with_key.missing_secret("m1") is None
     assert missing is not None and missing.parent == tmp_path / "credentials"
     assert not (tmp_path / "credentials").exists()
+
+
+def test_an_unreachable_node_is_one_error_and_leaves_the_checks(
+    project_root: Path, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from oqcluster.verify.runner import reachability
+
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    inventory.write_text(inventory.read_text().replace(
+        "w1: {oq_address: 127.0.0.1}",
+        "w1: {oq_address: 127.0.0.1, ansible_host: 127.0.0.1, ansible_port: 9, "
+        "ansible_connection: ssh}",
+    ))
+    ctx = context(inventory)
+
+    with ThreadPoolExecutor() as pool:
+        [result] = reachability(ctx, pool)
+
+    assert (result.host, result.check, result.status) == ("w1", "reachable", Status.ERROR)
+    assert "Connection refused" in result.found
+    assert "-m ping" in result.fix
+    assert ctx.workers == [] and "w1" not in ctx.selected

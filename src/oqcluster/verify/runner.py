@@ -12,6 +12,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from oqcluster.verify.cluster import CLUSTER_CHECKS, WRITING_CHECKS
 from oqcluster.verify.context import Context
 from oqcluster.verify.nodes import run_node_tests
+from oqcluster.verify.remote import Node
 from oqcluster.verify.results import CheckResult, Status
 from oqcluster.verify.smoke import smoke_calculation
 
@@ -29,12 +30,44 @@ def guarded(label: str, check: CheckFunction, ctx: Context) -> list[CheckResult]
         )]
 
 
+def reachability(ctx: Context, pool: ThreadPoolExecutor) -> list[CheckResult]:
+    """One ERROR per node that cannot be reached; those nodes leave the context."""
+    nodes = ctx.nodes
+    answers = dict(zip((n.name for n in nodes), pool.map(_answers, nodes), strict=True))
+    unreachable = {name: why for name, why in answers.items() if why}
+    ctx.workers = [w for w in ctx.workers if w.name not in unreachable]
+    ctx.selected = frozenset(ctx.selected - unreachable.keys())
+    return [
+        CheckResult(name, "reachable", Status.ERROR, "a shell on the node", why,
+                    f"ansible -i {ctx.inventory_path} {name} -m ping (connection settings, "
+                    "is the host up?)")
+        for name, why in unreachable.items()
+    ]
+
+
+def _answers(node: Node) -> str:
+    """'' when a command runs on the node, else what went wrong."""
+    try:
+        out = node.run("true")
+    except Exception as error:  # any backend failure means: not reachable
+        result = error.args[0] if error.args else None  # testinfra raises with the result
+        if hasattr(result, "stderr") and str(result.stderr).strip():
+            return str(result.stderr).strip()
+        return f"{type(error).__name__}: {error}"
+    return "" if out.rc == 0 else (out.text or f"exit code {out.rc}")
+
+
 def run_all(
     ctx: Context, project_root: Path, jobs: int, console: Console,
     vault_password_file: str | None = None, read_only: bool = False, smoke: bool = True,
 ) -> list[CheckResult]:
     """Every result, node checks first (by host), then cluster checks, then the smoke run."""
     with _progress(console) as progress, ThreadPoolExecutor(max_workers=jobs) as pool:
+        task = progress.add_task("reaching the nodes", total=1)
+        unreachable = reachability(ctx, pool)
+        progress.update(task, completed=1)
+        if ctx.master.name in {r.host for r in unreachable}:
+            return sorted_by_host(unreachable, ctx)  # every other check goes through it
         node_futures = [
             _tracked(progress, pool, f"node checks on {node.name}",
                      lambda n=node: run_node_tests(ctx.inventory_path, n.name, project_root,
@@ -47,7 +80,9 @@ def run_all(
             for label, check in CLUSTER_CHECKS
             if not (read_only and check in WRITING_CHECKS)
         ]
-        results = [r for future in (*node_futures, *cluster_futures) for r in future.result()]
+        results = unreachable + [
+            r for future in (*node_futures, *cluster_futures) for r in future.result()
+        ]
         if smoke and not read_only:
             future = _tracked(progress, pool, "smoke calculation",
                               lambda: guarded("smoke calculation", smoke_calculation, ctx))
