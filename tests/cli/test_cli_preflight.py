@@ -20,10 +20,10 @@ PLAYBOOK = Path(__file__).parent / "preflight_then_connect.yml"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
-def start_preflight(inventory: Path) -> subprocess.Popen[str]:
+def start_preflight(inventory: Path, *options: str) -> subprocess.Popen[str]:
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "ANSIBLE_RETRY_FILES_ENABLED": "0"}
     return subprocess.Popen(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(PLAYBOOK)],
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(PLAYBOOK), *options],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -31,10 +31,11 @@ def start_preflight(inventory: Path) -> subprocess.Popen[str]:
 @pytest.fixture(scope="module")
 def runs() -> dict[str, tuple[int, str]]:
     """(exit code, output) of the test playbook on every test inventory, run concurrently."""
-    cases = [*sorted(BAD_INVENTORIES), "good"]
-    started = {case: start_preflight(INVENTORIES / case) for case in cases}
+    started = {case: start_preflight(INVENTORIES / case) for case in [*BAD_INVENTORIES, "good"]}
+    # --limit to a host without the problem: the preflight still checks the whole inventory
+    started["limited"] = start_preflight(INVENTORIES / "zero-cores", "--limit", "master1")
     outputs = {case: process.communicate(timeout=180)[0] for case, process in started.items()}
-    return {case: (started[case].returncode, outputs[case]) for case in cases}
+    return {case: (process.returncode, outputs[case]) for case, process in started.items()}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INVENTORIES))
@@ -61,3 +62,11 @@ def test_preflight_passes_a_good_inventory_and_the_next_play_connects(
     assert "inventory OK: 1 master, 3 worker(s)" in output, output
     assert "Connect to every host" in output
     assert "UNREACHABLE" in output
+
+
+def test_preflight_is_not_skipped_by_a_limit(runs: dict[str, tuple[int, str]]) -> None:
+    returncode, output = runs["limited"]
+
+    assert returncode != 0, output
+    assert "inventory: worker1: oq_cores: " in output
+    assert "UNREACHABLE" not in output
