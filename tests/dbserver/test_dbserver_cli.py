@@ -156,13 +156,9 @@ def test_abort_of_a_calculation_whose_process_died_marks_it_failed(
 
     dead = subprocess.Popen(["true"])
     dead.wait()
-    os.environ["OQ_CONFIG_FILE"] = env["OQ_CONFIG_FILE"]
-    try:
-        with DbClient(load_config()) as client:
-            calc = client.call("create_calc", host=socket.gethostname(), pid=dead.pid)
-            client.call("set_status", calc_id=calc["id"], status="executing")
-    finally:
-        del os.environ["OQ_CONFIG_FILE"]
+    with DbClient(load_config(env["OQ_CONFIG_FILE"])) as client:
+        calc = client.call("create_calc", host=socket.gethostname(), pid=dead.pid)
+        client.call("set_status", calc_id=calc["id"], status="executing")
     result = oqz("abort", str(calc["id"]), env=env)
     assert result.returncode == 0 and "marked it failed" in result.stdout
     assert f"{calc['id']}  failed" in " ".join(oqz("list", env=env).stdout.split("  "))
