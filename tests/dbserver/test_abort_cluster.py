@@ -131,7 +131,9 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
         assert abort.stdout.strip() == f"calculation {first} aborted"
         assert time.monotonic() - started < 15
         _wait_for(lambda: _is_gone(busy_worker), 5, "the busy worker process to be killed")
-        assert long_run.wait(30) != 0  # the aborted run exits with an error status
+        _, long_err = long_run.communicate(timeout=30)
+        assert long_run.returncode == 2
+        assert f"oqz: error: calculation {first} aborted by `oqz abort`" in long_err
         assert _port_is_free(config.receiver_ports[0]), "the receiver port was not freed"
         _, second_err = second.communicate(timeout=120)
         assert second.returncode == 0, second_err

@@ -11,7 +11,7 @@ import pytest
 from oqzmq import logs
 from oqzmq.config import Config
 from oqzmq.dbserver import DbClient, DbServerError
-from oqzmq.logs import calculation
+from oqzmq.logs import CalculationAborted, calculation
 
 log = logging.getLogger("test.lifecycle")
 
@@ -51,7 +51,10 @@ def test_a_failing_calculation_keeps_its_traceback(config: Config, client) -> No
 
 def test_an_abort_request_interrupts_the_running_calculation(config: Config, client) -> None:
     started = time.monotonic()
-    with pytest.raises(KeyboardInterrupt), calculation(config) as calc:
+    with (
+        pytest.raises(CalculationAborted, match=r"aborted by `oqz abort`"),
+        calculation(config) as calc,
+    ):
         client.call("request_abort", calc_id=calc.id)
         while time.monotonic() - started < 10:
             time.sleep(0.05)  # stands for a Starmap waiting on results
@@ -81,6 +84,26 @@ def test_a_second_calculation_waits_for_the_first_with_serialize_jobs(
     thread.join(5)
     assert entered.is_set()
     assert client.call("get_calc", calc_id=waiting["id"])["status"] == "complete"
+
+
+def test_an_abort_while_waiting_for_its_turn_ends_it_aborted(
+    config: Config, client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "WAIT_SECONDS", 0.05)
+    first = client.call("create_calc")
+    client.call("set_status", calc_id=first["id"], status="executing")
+    aborter = threading.Timer(0.5, lambda: client.call("request_abort", calc_id=first["id"] + 1))
+    aborter.start()
+    with pytest.raises(CalculationAborted, match="aborted by `oqz abort`"), calculation(config):
+        pytest.fail("it must not start while the first one executes")
+    aborter.join()
+    assert client.call("get_calc", calc_id=first["id"] + 1)["status"] == "aborted"
+
+
+def test_a_ctrl_c_without_abort_request_ends_it_aborted(config: Config, client) -> None:
+    with pytest.raises(KeyboardInterrupt), calculation(config) as calc:
+        raise KeyboardInterrupt
+    assert client.call("get_calc", calc_id=calc.id)["status"] == "aborted"
 
 
 def test_without_serialize_jobs_calculations_run_side_by_side(config: Config, client) -> None:

@@ -34,6 +34,7 @@ from typing import Any
 
 from oqzmq.config import Config
 from oqzmq.dbserver import DbClient, DbServerError, DbServerUnreachable
+from oqzmq.errors import UserError
 
 log = logging.getLogger("oqzmq.calc")
 
@@ -45,8 +46,8 @@ CLOSE_RETRY_SECONDS = 30.0  # a dbserver restarted by systemd is back well withi
 TASK_CHUNK = 2_000
 
 
-class CalculationAborted(KeyboardInterrupt):
-    """Raised in the calculation's main thread when `oqz abort` was requested."""
+class CalculationAborted(UserError):
+    """The calculation ended because `oqz abort` was asked (the CLI prints it, no traceback)."""
 
 
 class Calculation:
@@ -123,7 +124,9 @@ class Calculation:
                 )
                 announced = True
             if self.client.call("get_calc", calc_id=self.id)["abort_requested"]:
-                raise CalculationAborted(f"calculation {self.id} aborted while waiting")
+                raise CalculationAborted(
+                    f"calculation {self.id} aborted by `oqz abort` while it waited its turn"
+                )
             time.sleep(WAIT_SECONDS)
 
 
@@ -212,6 +215,8 @@ def calculation(
     except BaseException as exc:
         calc.begin_closing()
         _close_failed(calc, exc)
+        if calc.abort_requested and isinstance(exc, KeyboardInterrupt):
+            raise CalculationAborted(f"calculation {calc.id} aborted by `oqz abort`") from exc
         raise
     else:
         _close(calc, "complete")
@@ -229,7 +234,7 @@ def _close(calc: Calculation, status: str) -> None:
 
 
 def _close_failed(calc: Calculation, exc: BaseException) -> None:
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
+    if isinstance(exc, KeyboardInterrupt | SystemExit | CalculationAborted):
         reason = "abort requested" if calc.abort_requested else type(exc).__name__
         log.warning("calculation %d aborted (%s)", calc.id, reason)
         _close_quietly(calc, "aborted")
