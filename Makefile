@@ -13,7 +13,7 @@ STAGE := scripts/stage.sh
 SCENARIOS ?= default
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml engine/pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: help venv host-deps image demo demo-down test test-fast lint unit molecule clean
+.PHONY: print-scenarios help venv host-deps image demo demo-down test test-fast lint unit molecule clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -56,6 +56,9 @@ molecule: venv image ## the Molecule scenarios (containers)
 	done
 
 test: host-deps lint unit molecule ## everything: lint, pytest, Molecule scenarios
+
+print-scenarios:
+	@echo $(SCENARIOS)
 
 clean: ## remove the venv and caches (not the demo cluster: make demo-down)
 	rm -rf $(VENV) .pytest_cache .ruff_cache
