@@ -3,7 +3,10 @@ $NOTIFY_SOCKET, `status` exit codes, SIGTERM; and `oqz run`/`list`/`show log`/`a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import signal
 import socket
@@ -18,10 +21,38 @@ import pytest
 OQZ = [sys.executable, "-m", "oqzmq.cli"]
 
 
-def oqz(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess:
+def oqz_process(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`oqz ARGS` as a separate process."""
     return subprocess.run(
-        [*OQZ, *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        [*OQZ, *args], env=env, capture_output=True, text=True, timeout=60, check=False
     )
+
+
+def oqz(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`oqz ARGS` run in this process (the same main(), without a second interpreter)."""
+    from oqzmq.cli import main
+
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    out, err = io.StringIO(), io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess(["oqz", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(autouse=True)
+def _info_logging() -> Iterator[None]:
+    """As `oqz` configures it in a process of its own (in-process runs share pytest's)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.INFO)
+    yield
+    root.setLevel(level)
 
 
 @pytest.fixture
@@ -132,7 +163,7 @@ def test_a_demo_run_is_recorded_listed_and_logged(
 
 
 def test_running_without_a_dbserver_says_how_to_fix_it(env: dict[str, str]) -> None:
-    result = oqz("run", "demo", "--size", "tiny", env=env)
+    result = oqz_process("run", "demo", "--size", "tiny", env=env)
     assert result.returncode == 2
     assert "oqz: error:" in result.stderr and "oqz dbserver start" in result.stderr
     assert "Traceback" not in result.stderr
