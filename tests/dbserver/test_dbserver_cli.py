@@ -215,3 +215,28 @@ def test_the_webui_runs_in_the_foreground_until_sigterm(
         assert code == 0 and time.monotonic() - started < 10
     finally:
         service.close()
+
+
+def test_show_log_follow_prints_until_the_calculation_ends(
+    dbserver, config, env: dict[str, str]
+) -> None:
+    import threading
+
+    from oqzmq.dbserver import DbClient
+
+    client = DbClient(config)
+    calc = client.call("create_calc")
+    client.call("set_status", calc_id=calc["id"], status="executing")
+
+    def finish_later() -> None:
+        time.sleep(1.0)
+        client.call("add_logs", calc_id=calc["id"], records=[[time.time(), "INFO", "p", "late"]])
+        client.call("set_status", calc_id=calc["id"], status="complete")
+
+    finisher = threading.Thread(target=finish_later)
+    finisher.start()
+    result = oqz("show", "log", "--follow", env=env)  # no id: the latest calculation
+    finisher.join()
+    client.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.rstrip().endswith(f"#{calc['id']} INFO] late")
