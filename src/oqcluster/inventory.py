@@ -23,8 +23,6 @@ if TYPE_CHECKING:
 # Per-host variables the rules read besides the role defaults.
 PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
 
-SECRET_FILE = Path("credentials/oq_authkey.txt")  # beside the inventory: see the role defaults
-
 CREDENTIALS = "credentials"  # where the role defaults keep generated secrets
 
 RawVars = Callable[[str], Mapping[str, Any]]

@@ -120,3 +120,18 @@ def test_render_generates_the_secret_once_beside_the_inventory(
     assert first == second
     assert f"authkey = {secret}\n" in first
     assert len(secret) == 48
+
+
+def test_an_ini_false_is_false_in_openquake_cfg(
+    project_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # INI inventories give the string "false"; as a bare truth value it would be true
+    inventory = tmp_path / "hosts.ini"
+    inventory.write_text(
+        "[master]\nm1 oq_address=192.0.2.1\n[workers]\nw1 oq_address=192.0.2.2\n"
+        "[all:vars]\noq_multi_user=false\noq_authkey=ini-test-authkey-0123456789abcdefghijklm\n"
+    )
+
+    assert main(["render", "-i", str(inventory), "--host", "w1"]) == 0
+
+    assert "multi_user = false\n" in capsys.readouterr().out
