@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from oqzmq import launcher
+from oqzmq.commands.webui import workers_status_source
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, DbServer
 
@@ -147,6 +148,7 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
     status = launcher.query_pools(config, ("status",), timeout=3)[POOL_HOST]
     assert status is not None, "the workerpool did not survive the abort"
     assert status[4] == 0, "tasks of the aborted calculation are still queued"
+    assert workers_status_source(config)() == [(POOL_HOST, 0, 1)]  # what the webui shows
     log = [r["message"] for r in client.call("get_logs", calc_id=first)]
     assert f"calculation {first}: abort requested, stopping its tasks" in log
     client.close()
