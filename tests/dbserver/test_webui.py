@@ -91,7 +91,7 @@ def test_the_list_page_shows_every_calculation_escaped(webui) -> None:
     web, ids = webui
     status, page, _ = get(f"{web.url}/")
     assert status == 200
-    assert f'href="http://127.0.0.1:{web.url.rsplit(":", 1)[1]}/calc/{ids["failed"]}"' in page
+    assert f'<a href="calc/{ids["failed"]}">' in page  # relative: works behind a proxy prefix
     assert "hazard &lt;demo&gt;" in page and "<demo>" not in page
     assert page.count('class="status ') == 3
 

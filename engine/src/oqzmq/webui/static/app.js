@@ -38,7 +38,7 @@ async function refreshList(table) {
   const [calcs, response] = await getJSON(`/v1/calc/list?limit=${Math.max(rows, 100)}`);
   if (calcs.length === 0) return;
   table.tBodies[0].innerHTML = calcs.map((c) => `<tr data-id="${c.id}">
-      <td><a href="/calc/${c.id}">${c.id}</a></td>
+      <td><a href="calc/${c.id}">${c.id}</a></td>
       <td><span class="status ${text(c.status)}">${text(c.status)}</span></td>
       <td>${text(c.owner)}</td><td>${text(c.description)}</td>
       <td>${when(c.start_time || c.created)}</td>
