@@ -4,7 +4,7 @@
 # is missing. Needs root (or sudo).
 set -euo pipefail
 
-PACKAGES=(docker.io debootstrap python3-venv chromium)
+PACKAGES=(docker.io debootstrap python3-venv chromium qemu-system-x86 qemu-utils vde2)
 SUDO=""
 [[ $(id -u) -eq 0 ]] || SUDO="sudo"
 
