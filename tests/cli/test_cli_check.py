@@ -75,6 +75,7 @@ def test_check_does_not_generate_the_secret(
     assert not (inventory.parent / "credentials").exists()
 
 
+@pytest.mark.slow
 def test_check_reads_vaulted_values_with_the_vault_password() -> None:
     # a subprocess: Ansible's vault secrets are set once per process, as in its own CLIs
     inventory = INVENTORIES / "vaulted"

@@ -17,6 +17,7 @@ import pytest
 from cli_cases import BAD_INVENTORIES, INVENTORIES, ROOT
 
 PLAYBOOK = Path(__file__).parent / "preflight_then_connect.yml"
+pytestmark = pytest.mark.slow  # ten ansible-playbook runs
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 

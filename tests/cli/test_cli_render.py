@@ -76,6 +76,7 @@ def test_render_rejects_an_unknown_host(
     assert "--host nosuch: not a master or worker" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_render_is_byte_identical_to_the_template_module(
     project_root: Path, tmp_path: Path
 ) -> None:

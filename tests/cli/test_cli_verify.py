@@ -111,6 +111,7 @@ def test_verify_refuses_a_bad_inventory(
     assert "not verifying" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_verify_reports_json_and_junit_and_fails(
     project_root: Path, tmp_path: Path, listener: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
