@@ -208,7 +208,7 @@ def run_demo(mapper: Mapper, size: str) -> dict[str, float]:
 
 
 def run_backend(name: str, make: Callable[[], tuple[Mapper, Callable[[], None]]],
-                quick: bool) -> dict[str, Any]:
+                quick: bool, demo_sizes: tuple[str, ...] = DEMO_SIZES) -> dict[str, Any]:
     print(f"--- {name}", flush=True)
     mapper, close = make()
     row: dict[str, Any] = {"backend": name}
@@ -216,7 +216,7 @@ def run_backend(name: str, make: Callable[[], tuple[Mapper, Callable[[], None]]]
         run_tiny(mapper) if not quick else None  # warm-up: workers started, modules imported
         row["tiny"] = run_tiny(mapper)
         row["large"] = run_large(mapper)
-        for size in DEMO_SIZES[:1] if quick else DEMO_SIZES:
+        for size in demo_sizes[:1] if quick else demo_sizes:
             row[f"demo_{size}"] = run_demo(mapper, size)
     except Exception as exc:  # one broken backend must not lose the others' figures
         row["error"] = f"{type(exc).__name__}: {exc}"
@@ -233,6 +233,8 @@ def main() -> int:
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--quick", action="store_true", help="no warm-up, one demo size")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--demo-sizes", default=",".join(DEMO_SIZES),
+                        help="demo sizes to run (comma-separated; empty: none)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="oqz-bench-"))
     ours, theirs = write_configs(workdir, args.cores)
@@ -249,7 +251,8 @@ def main() -> int:
         "dask": lambda: dask_backend(args.cores),
     }
     selected = args.only.split(",") if args.only else list(backends)
-    rows = [run_backend(name, backends[name], args.quick) for name in selected]
+    sizes = tuple(s for s in args.demo_sizes.split(",") if s)
+    rows = [run_backend(name, backends[name], args.quick, sizes) for name in selected]
     print_table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -99,8 +99,14 @@ class Monitor:
 
     def add_task(self, record: TaskRecord) -> None:
         self.tasks.append(record)
-        self.record(record.operation, OperationStats(
-            record.time_sec, record.memory_mb, 1, record.bytes, record.nresults))
+        stats = self.stats.get(record.operation)
+        if stats is None:
+            stats = self.stats[record.operation] = OperationStats()
+        stats.time_sec += record.time_sec  # in place: this runs once per task on the master
+        stats.memory_mb = max(stats.memory_mb, record.memory_mb)
+        stats.counts += 1
+        stats.bytes += record.bytes
+        stats.nresults += record.nresults
 
     def child(self) -> Monitor:
         """A fresh monitor for one task, carrying only the name."""

@@ -257,6 +257,8 @@ class Starmap:
 
     def _choose_pool(self, host: str | None) -> PoolHandle:
         if host is None:
+            if len(self._pools) == 1:
+                return self._pools[0]
             return min(self._pools, key=lambda p: p.outstanding / p.size)
         for pool in self._pools:
             if pool.host == host:

@@ -116,17 +116,23 @@ class ReceiverSockets:
         self._sockets.clear()
 
 
-_FUNCTIONS: OrderedDict[bytes, tuple[Callable[..., Any], str]] = OrderedDict()
+_FUNCTIONS: OrderedDict[bytes, tuple[Callable[..., Any], Monitor]] = OrderedDict()
 
 
-def _function(frame: memoryview) -> tuple[Callable[..., Any], str]:
-    """The task function and monitor name of a task frame, unpickled once per Starmap."""
+def _function(frame: memoryview) -> tuple[Callable[..., Any], Monitor]:
+    """The task function of a task frame (unpickled once per Starmap) and a Monitor for it.
+
+    The Monitor is reused by the tasks of that function (they run one after the other in
+    this process) with its measurements reset, which is what a fresh one would give.
+    """
     key = bytes(frame)
     found = _FUNCTIONS.get(key)
     if found is None:
-        found = _FUNCTIONS[key] = pickle.loads(key)
+        func, operation = pickle.loads(key)
+        found = _FUNCTIONS[key] = (func, Monitor(operation))
         if len(_FUNCTIONS) > 256:
             _FUNCTIONS.popitem(last=False)
+    found[1].stats = {}
     return found
 
 
@@ -245,8 +251,8 @@ def _run_one(
         outbox.add(endpoint, meta, frames)
 
     try:
-        func, operation = _function(body[0])
-        args = (*protocol.loads(body[1:]), Monitor(operation))
+        func, monitor = _function(body[0])
+        args = (*protocol.loads(body[1:]), monitor)
     except Exception:
         hint = (f"cannot unpickle the task on host {host}: its function and arguments must be "
                 "importable there (tasks defined in a script's __main__ work in processpool "
