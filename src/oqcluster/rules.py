@@ -246,16 +246,6 @@ def _cores_problems(cluster: ClusterData) -> Iterator[Problem]:
                 message=f"must be -1 (all cores) or an integer >= 1, got {cores!r}",
                 fix=f"set oq_cores: -1 or a positive number of worker processes for {name}",
             )
-    workers = set(cluster.workers)
-    for name in cluster.hosts:
-        if name not in workers and cluster.hosts[name].values.get("oq_cores") is not None:
-            yield Problem(
-                host=name,
-                variable="oq_cores",
-                message=f"host is not in group '{WORKERS_GROUP}', so it is not in "
-                "[zworkers] host_cores and its oq_cores is ignored",
-                fix=f"add {name} to '{WORKERS_GROUP}', or remove its oq_cores",
-            )
 
 
 def _valid_cores(value: Any) -> bool:

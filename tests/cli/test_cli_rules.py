@@ -100,10 +100,10 @@ def test_a_setting_overridden_on_one_host_must_agree() -> None:
     assert problems_of(data) == [("m, w1, w2", "oq_shared_dir")]
 
 
-def test_oq_cores_on_a_host_that_is_not_a_worker_is_reported() -> None:
-    data = cluster(per_host={"m": {"oq_cores": 4}})
+def test_oq_cores_set_for_all_hosts_is_fine_on_a_master_that_does_not_compute() -> None:
+    data = cluster({"oq_cores": 4})
 
-    assert problems_of(data) == [("m", "oq_cores")]
+    assert problems_of(data) == []
 
 
 def test_a_master_that_also_computes_is_not_a_duplicate_address() -> None:
