@@ -31,10 +31,24 @@ SUBCOMMANDS = (
 )
 
 
+EPILOG = """\
+typical use:
+  oqcluster check  -i inventories/mine          validate the inventory, touch nothing
+  ansible-playbook site.yml -i inventories/mine
+  oqcluster verify -i inventories/mine          prove the cluster works
+  oqcluster render -i inventories/mine --host oq-worker1
+
+exit codes: 0 all good, 1 problems found (each with host, expected/found and fix),
+2 the command could not run (bad option, missing inventory, missing secret)
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oqcluster",
         description="Provision, check and verify OpenQuake-style zmq compute clusters.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"oqcluster {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
