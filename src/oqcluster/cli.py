@@ -75,6 +75,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not _is_ansible_error(error):
+            raise
+        message = getattr(error, "message", None) or str(error)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+def _is_ansible_error(error: Exception) -> bool:
+    """Ansible's own errors (templating, lookups, parsing) are the user's to fix: no traceback."""
+    from ansible.errors import AnsibleError
+
+    return isinstance(error, AnsibleError)
 
 
 if __name__ == "__main__":
