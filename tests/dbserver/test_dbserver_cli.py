@@ -240,3 +240,17 @@ def test_show_log_follow_prints_until_the_calculation_ends(
     client.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.rstrip().endswith(f"#{calc['id']} INFO] late")
+
+
+def test_a_workerpool_tells_systemd_it_is_ready_and_stops_on_sigterm(
+    env: dict[str, str], tmp_path: Path, unused_port
+) -> None:
+    argv = [sys.executable, "-m", "oqzmq.workerpool", "--host", "127.0.0.1",
+            "--port", str(unused_port()), "--cores", "1"]
+    service = Service(argv, env, tmp_path)
+    try:
+        service.wait_ready()
+        code, stderr = service.terminate()
+        assert code == 0, stderr
+    finally:
+        service.close()

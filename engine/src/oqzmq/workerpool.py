@@ -43,6 +43,7 @@ import zmq
 from oqzmq import protocol
 from oqzmq.auth import Signer, Verifier
 from oqzmq.config import ConfigError, load_config
+from oqzmq.sdnotify import notify
 from oqzmq.worker import ReceiverSockets, worker_main
 
 log = logging.getLogger("oqzmq.workerpool")
@@ -371,6 +372,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.pidfile.write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: setattr(pool, "terminate_reason", "got SIGTERM"))
     pool.start_workers()
+    notify("READY=1")  # systemd Type=notify: the control socket is bound, workers starting
     pool.serve()
     return 0
 
