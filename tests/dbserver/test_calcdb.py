@@ -171,3 +171,11 @@ def test_concurrent_writers_do_not_lose_calculations(tmp_path: Path) -> None:
     with CalcDB(path) as db:
         assert db.count_calcs() == 200
         assert {db.count_calcs(f"u{i}") for i in range(4)} == {50}
+
+
+def test_the_database_is_not_world_readable(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    with CalcDB(path) as db:
+        db.create_calc("alice")
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            assert name.stat().st_mode & 0o007 == 0, name

@@ -10,6 +10,8 @@ make safe.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
@@ -329,6 +331,7 @@ class CalcDB:
 def _connect(path: Path) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        _create_private(path)
         conn = sqlite3.connect(
             path,
             timeout=BUSY_TIMEOUT_MS / 1000,
@@ -345,6 +348,13 @@ def _connect(path: Path) -> sqlite3.Connection:
     # NORMAL in WAL mode: never corrupts; a power cut may lose the last commits only
     conn.execute("PRAGMA synchronous = NORMAL")
     return conn
+
+
+def _create_private(path: Path) -> None:
+    """Create the file readable by its owner and group only: it holds every user's logs.
+    SQLite gives the -wal and -shm files the same permissions."""
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o640))
 
 
 def _lastrowid(cursor: sqlite3.Cursor) -> int:
