@@ -161,3 +161,20 @@ def test_a_burst_of_log_records_is_shipped_in_batches(config: Config, client) ->
     assert [m for m in messages if m.startswith("record ")] == [
         f"record {n}" for n in range(5_000)
     ]
+
+
+def test_a_calculation_whose_process_died_does_not_block_the_queue(
+    config: Config, client
+) -> None:
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stuck = client.call("create_calc", host=socket.gethostname(), pid=dead.pid)
+    client.call("set_status", calc_id=stuck["id"], status="executing")
+    with calculation(config) as calc:  # serialize_jobs = 1: it would wait forever
+        pass
+    assert client.call("get_calc", calc_id=calc.id)["status"] == "complete"
+    assert client.call("get_calc", calc_id=stuck["id"])["status"] == "failed"
+    assert f"process {dead.pid}" in client.call("get_traceback", calc_id=stuck["id"])

@@ -39,7 +39,7 @@ import zmq
 from oqzmq import __version__
 from oqzmq.auth import AuthError, Signer, Verifier
 from oqzmq.config import Config
-from oqzmq.db import ACTIVE, Calc, CalcDB, DbError, TaskTiming
+from oqzmq.db import Calc, CalcDB, DbError, TaskTiming
 from oqzmq.errors import UserError
 
 log = logging.getLogger("oqzmq.dbserver")
@@ -207,9 +207,33 @@ class Actions:
         calc = self._owned(user, calc_id)
         if int(serialize_jobs) <= 0:
             return []
-        older = [c.id for c in self.db.active_calcs() if c.id < calc.id and c.status in ACTIVE]
+        older = [c for c in self.db.active_calcs() if c.id < calc.id]
+        older = [c.id for c in older if not self._failed_if_dead(c)]
         # at most serialize_jobs calculations run at once, first come first served
         return older if len(older) >= int(serialize_jobs) else []
+
+    def _failed_if_dead(self, calc: Calc) -> bool:
+        """Mark failed an active calculation whose process on this host is gone (killed,
+        crashed): it would otherwise hold the serialize_jobs queue forever."""
+        if calc.host != socket.gethostname() or calc.pid <= 0 or pid_alive(calc.pid):
+            return False
+        reason = (f"the process {calc.pid} running calculation {calc.id} on {calc.host} is "
+                  "gone (killed, out of memory or crashed): marked failed by the dbserver")
+        log.warning("%s", reason)
+        self.db.set_traceback(calc.id, reason)
+        self.db.set_status(calc.id, "failed")
+        return True
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process pid exists on this host (also when it belongs to another user)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def _parse_request(request: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:

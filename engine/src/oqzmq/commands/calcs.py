@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 
 from oqzmq.config import load_config
 from oqzmq.db import TERMINAL
-from oqzmq.dbserver import DbClient
+from oqzmq.dbserver import DbClient, pid_alive
 from oqzmq.errors import UserError
 
 FOLLOW_SECONDS = 1.0
@@ -115,13 +114,7 @@ def _process_is_gone(calc: dict[str, Any]) -> bool:
     """True only when we can tell: the process ran on this host and no longer exists."""
     if calc["host"] != socket.gethostname() or calc["pid"] <= 0:
         return False
-    try:
-        os.kill(calc["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by someone else
-        return False
-    return False
+    return not pid_alive(calc["pid"])
 
 
 def _wait_until_finished(client: DbClient, calc_id: int, seconds: float) -> str | None:
