@@ -231,3 +231,52 @@ def test_an_unreachable_node_is_one_error_and_leaves_the_checks(
     assert "Connection refused" in result.found
     assert "-m ping" in result.fix
     assert ctx.workers == [] and "w1" not in ctx.selected
+
+
+def test_shared_dir_check_reads_back_and_catches_a_writable_share(
+    project_root: Path, tmp_path: Path
+) -> None:
+    import getpass
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    inventory.write_text(inventory.read_text()
+                         .replace(f"oq_user: {MISSING_USER}", f"oq_user: {getpass.getuser()}")
+                         .replace("  children:", f"    oq_shared_dir: {shared}\n  children:"))
+    ctx = context(inventory)
+
+    results = {r.check: r for r in checks.shared_dir_visible(ctx)}
+
+    assert results[f"sees the master's {shared}"].status == Status.PASS
+    writable = results["cannot write the shared dir (read-only export)"]
+    assert (writable.host, writable.status, writable.found) == ("w1", Status.FAIL,
+                                                                "write succeeded")
+    assert "read-only" in writable.fix
+    assert list(shared.iterdir()) == []  # the probe files are gone
+
+
+def test_config_agreement_names_the_one_node_that_differs(
+    project_root: Path, tmp_path: Path
+) -> None:
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    hosts = {"m1": "same-key", "w1": "other-key", "w2": "same-key"}
+    text = inventory.read_text().replace(
+        "    workers: {hosts: {w1: {oq_address: 127.0.0.1}}}",
+        "    workers: {hosts: {w1: {oq_address: 127.0.0.1}, w2: {oq_address: 127.0.0.1}}}",
+    )
+    for name, key in hosts.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "openquake.cfg").write_text(
+            f"[dbserver]\nhost = 127.0.0.1\nport = 1908\nauthkey = {key}\n")
+        text = text.replace(f"{name}: {{oq_address: 127.0.0.1",
+                            f"{name}: {{oq_config_dir: {tmp_path / name}, oq_address: 127.0.0.1")
+    inventory.write_text(text)
+    ctx = context(inventory)
+
+    results = {r.host: r for r in checks.config_agrees(ctx)}
+
+    assert {name: r.status for name, r in results.items()} == {
+        "m1": Status.PASS, "w1": Status.FAIL, "w2": Status.PASS}
+    assert results["w1"].found == "differs in [dbserver] authkey"
+    assert "--limit w1" in results["w1"].fix

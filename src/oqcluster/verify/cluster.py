@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -207,32 +208,49 @@ def _shared_file_on_worker(worker: Node, user: str, path: str, token: str) -> It
 
 
 def config_agrees(ctx: Context) -> Iterator[CheckResult]:
-    """openquake.cfg values that must be equal on every node are equal to the master's."""
-    path = f"{ctx.setting('oq_config_dir')}/{CONFIG_FILE}"
+    """openquake.cfg values that must be equal on every node are equal.
+
+    The reference for each key is the value most nodes have (the master's on a tie), so a
+    single node with a different authkey is named, not every other node.
+    """
+    nodes = ctx.nodes
     with ThreadPoolExecutor(max_workers=PARALLEL_WORKERS) as pool:
-        read = pool.map(lambda node: _read_config(node, path), ctx.nodes)
-        configs = dict(zip((node.name for node in ctx.nodes), read, strict=True))
-    reference = configs[ctx.master.name]
-    for node in ctx.nodes:
-        config = configs[node.name]
-        check = f"{path} agrees with the master's"
-        if isinstance(config, str) or isinstance(reference, str):
-            problem = config if isinstance(config, str) else reference
-            yield failed(node.name, check, "a readable openquake.cfg", str(problem),
+        read = list(pool.map(lambda node: _read_config(node, _config_path(node)), nodes))
+    configs = dict(zip((node.name for node in nodes), read, strict=True))
+    parsed = {name: c for name, c in configs.items() if not isinstance(c, str)}
+    reference = _reference_values(parsed, ctx.master.name)
+    for node in nodes:
+        config, check = configs[node.name], f"{_config_path(node)} agrees with the cluster"
+        if isinstance(config, str):
+            yield failed(node.name, check, "a readable openquake.cfg", config,
                          "re-run site.yml --tags config")
             continue
-        differing = [
-            f"[{section}] {key}" for section, key in AGREEING_KEYS
-            if config.get(section, key, fallback=None)
-            != reference.get(section, key, fallback=None)
-        ]
+        differing = [f"[{section}] {key}" for (section, key), value in reference.items()
+                     if config.get(section, key, fallback=None) != value]
         if differing:
-            yield failed(node.name, check, "same values as on the master",
+            yield failed(node.name, check, "the values the other nodes have",
                          "differs in " + ", ".join(differing),
-                         f"re-render it from the inventory: ansible-playbook site.yml -i INV "
+                         "re-render it from the inventory: ansible-playbook site.yml -i INV "
                          f"--tags config --limit {node.name}")
         else:
             yield passed(node.name, check, "same values")
+
+
+def _config_path(node: Node) -> str:
+    return f"{node.settings.get('oq_config_dir', '/etc/openquake')}/{CONFIG_FILE}"
+
+
+def _reference_values(
+    configs: dict[str, configparser.ConfigParser], master: str
+) -> dict[tuple[str, str], str | None]:
+    reference: dict[tuple[str, str], str | None] = {}
+    for section, key in AGREEING_KEYS:
+        values = {name: c.get(section, key, fallback=None) for name, c in configs.items()}
+        counts = Counter(values.values()).most_common()
+        tie = len(counts) > 1 and counts[0][1] == counts[1][1]
+        if counts:
+            reference[(section, key)] = values.get(master) if tie else counts[0][0]
+    return reference
 
 
 def _read_config(node: Node, path: str) -> configparser.ConfigParser | str:

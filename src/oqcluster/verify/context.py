@@ -44,6 +44,7 @@ def build_context(inventory_path: str, inventory: Inventory, limit: str | None) 
             address=settings.address(),
             inventory=inventory_path,
             python=_python(inventory.raw_vars(name)),
+            settings=dict(settings.values),
             roles=frozenset(
                 group
                 for group, members in ((MASTER_GROUP, cluster.masters),

@@ -79,6 +79,7 @@ class Node:
     inventory: str
     python: str = "python3"
     roles: frozenset[str] = field(default_factory=frozenset)
+    settings: dict[str, Any] = field(default_factory=dict)  # its evaluated oq_* values
 
     @cached_property
     def host(self) -> Any:
