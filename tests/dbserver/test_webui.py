@@ -104,3 +104,23 @@ def test_the_calc_page_has_log_traceback_and_task_chart(webui) -> None:
     _, failed, _ = get(f"{web.url}/calc/{ids['failed']}")
     assert 'class="traceback"' in failed and "ValueError: boom" in failed
     assert "No task timings recorded." in failed
+
+
+def test_a_huge_task_table_is_cut_on_the_page_but_not_in_the_api(
+    webui, config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oqzmq.dbserver import DbClient
+    from oqzmq.webui import app
+
+    monkeypatch.setattr(app, "MAX_TASK_ROWS", 40)
+    web, ids = webui
+    tasks = [{"task_no": i, "name": "t", "host": "h", "duration": 1.0, "nbytes": 0,
+              "memory_mb": 0.0} for i in range(100)]
+    with DbClient(config) as client:
+        client.call("add_tasks", calc_id=ids["running"], tasks=tasks)
+    _, page, _ = get(f"{web.url}/calc/{ids['running']}")
+    assert "100 tasks: operation" in page and "(the first 40 here; all in" in page
+    assert page.count("<tr><td class=\"num\">") == 40
+    assert '<details class="tasks">' in page  # folded
+    assert len(get(f"{web.url}/v1/calc/{ids['running']}/tasks")[1]) == 100
+

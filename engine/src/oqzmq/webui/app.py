@@ -38,6 +38,7 @@ from oqzmq.webui.plot import task_chart
 HERE = Path(__file__).parent
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 10_000
+MAX_TASK_ROWS = 2_000  # rows of the task table on a page; the JSON API has them all
 
 WorkersStatus = Callable[[], Sequence[Sequence[Any]]]
 
@@ -173,7 +174,8 @@ class WebUI:
         context = {
             "calc": calc,
             "records": records,
-            "tasks": tasks,
+            "tasks": tasks[:MAX_TASK_ROWS],
+            "total_tasks": len(tasks),
             "chart": task_chart(tasks),
             "traceback": traceback,
             "now": _now(),
