@@ -177,6 +177,8 @@ def _address_problems(cluster: ClusterData, resolve: Resolver) -> Iterator[Probl
         master, resolve, role="the master's address, which every worker connects to"
     )
     by_address: dict[str, list[str]] = defaultdict(list)
+    if master.name not in cluster.workers:
+        by_address[master.address()].append(master.name)
     for name in cluster.workers:
         worker = cluster.hosts[name]
         address = worker.explicit_address()
@@ -220,8 +222,10 @@ def _duplicate_address_problems(by_address: Mapping[str, list[str]]) -> Iterator
             yield Problem(
                 host=", ".join(names),
                 variable="oq_address",
-                message=f"workers share the address {address}",
-                fix="give every worker its own oq_address (or ansible_host)",
+                message=f"hosts share the address {address} (firewall and NFS allow-lists, "
+                "host_cores and the workerpools would mix them up)",
+                fix="give every host its own oq_address (or ansible_host); a master that also "
+                "computes goes in both groups under one name",
             )
 
 

@@ -106,6 +106,12 @@ def test_oq_cores_set_for_all_hosts_is_fine_on_a_master_that_does_not_compute() 
     assert problems_of(data) == []
 
 
+def test_a_master_only_host_may_not_share_a_workers_address() -> None:
+    data = cluster(per_host={"w2": {"oq_address": ADDRESSES["m"]}})
+
+    assert problems_of(data) == [("m, w2", "oq_address")]
+
+
 def test_a_master_that_also_computes_is_not_a_duplicate_address() -> None:
     assert problems_of(cluster(workers=("m", "w1"))) == []
 

@@ -55,7 +55,7 @@ all:
     oq_webui_port: 40003
   children:
     master: {{hosts: {{m1: {{oq_address: 127.0.0.1}}}}}}
-    workers: {{hosts: {{w1: {{oq_address: 127.0.0.1}}}}}}
+    workers: {{hosts: {{w1: {{oq_address: 127.0.0.2}}}}}}
 """)
     return inventory
 
@@ -78,7 +78,7 @@ def test_ports_are_probed_from_the_workers_and_from_the_master(
     assert [(r.host, r.status) for r in dbserver] == [("m1", Status.PASS), ("w1", Status.PASS)]
     assert [(r.host, r.status, r.found) for r in receivers] == [("w1", Status.PASS, "open")]
     assert [(r.host, r.status, r.found) for r in workerpool] == [("w1", Status.FAIL, "refused")]
-    assert workerpool[0].check == f"workerpool listens on 127.0.0.1:{closed}"
+    assert workerpool[0].check == f"workerpool listens on 127.0.0.2:{closed}"
     assert "oqz workers start" in workerpool[0].fix
 
 
@@ -218,8 +218,8 @@ def test_an_unreachable_node_is_one_error_and_leaves_the_checks(
 
     inventory = local_inventory(tmp_path, free_port(), free_port())
     inventory.write_text(inventory.read_text().replace(
-        "w1: {oq_address: 127.0.0.1}",
-        "w1: {oq_address: 127.0.0.1, ansible_host: 127.0.0.1, ansible_port: 9, "
+        "w1: {oq_address: 127.0.0.2}",
+        "w1: {oq_address: 127.0.0.2, ansible_host: 127.0.0.1, ansible_port: 9, "
         "ansible_connection: ssh}",
     ))
     ctx = context(inventory)
@@ -262,15 +262,15 @@ def test_config_agreement_names_the_one_node_that_differs(
     inventory = local_inventory(tmp_path, free_port(), free_port())
     hosts = {"m1": "same-key", "w1": "other-key", "w2": "same-key"}
     text = inventory.read_text().replace(
-        "    workers: {hosts: {w1: {oq_address: 127.0.0.1}}}",
-        "    workers: {hosts: {w1: {oq_address: 127.0.0.1}, w2: {oq_address: 127.0.0.1}}}",
+        "    workers: {hosts: {w1: {oq_address: 127.0.0.2}}}",
+        "    workers: {hosts: {w1: {oq_address: 127.0.0.2}, w2: {oq_address: 127.0.0.3}}}",
     )
     for name, key in hosts.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "openquake.cfg").write_text(
             f"[dbserver]\nhost = 127.0.0.1\nport = 1908\nauthkey = {key}\n")
-        text = text.replace(f"{name}: {{oq_address: 127.0.0.1",
-                            f"{name}: {{oq_config_dir: {tmp_path / name}, oq_address: 127.0.0.1")
+        text = text.replace(f"{name}: {{oq_address:",
+                            f"{name}: {{oq_config_dir: {tmp_path / name}, oq_address:")
     inventory.write_text(text)
     ctx = context(inventory)
 
