@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from oqcluster.verify.cluster import CLUSTER_CHECKS, WRITING_CHECKS
 from oqcluster.verify.context import Context
@@ -100,9 +108,23 @@ def _tracked(
     work: Callable[[], list[CheckResult]],
 ) -> Future[list[CheckResult]]:
     task = progress.add_task(label, total=1)
+    started = time.monotonic()
     future = pool.submit(work)
-    future.add_done_callback(lambda _: progress.update(task, completed=1))
+    future.add_done_callback(lambda done: _finished(progress, task, label, done, started))
     return future
+
+
+def _finished(
+    progress: Progress, task: TaskID, label: str, done: Future[list[CheckResult]],
+    started: float,
+) -> None:
+    progress.update(task, completed=1)
+    if not progress.console.is_terminal and done.exception() is None:
+        # no live display in CI logs: one line per finished step instead
+        results = done.result()
+        bad = sum(not r.ok for r in results)
+        progress.console.print(f"{label}: {len(results) - bad} ok, {bad} not ok "
+                               f"({time.monotonic() - started:.1f}s)")
 
 
 def _progress(console: Console) -> Progress:
