@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from oqcluster.inventory import Inventory
@@ -33,6 +34,8 @@ class Context:
 
 def build_context(inventory_path: str, inventory: Inventory, limit: str | None) -> Context:
     """Nodes of the master and workers groups (workers filtered by --limit)."""
+    if Path(inventory_path).exists():  # the node tests run from the project directory
+        inventory_path = str(Path(inventory_path).resolve())
     cluster = inventory.cluster_data()
     master_name = cluster.masters[0]
     allowed = _limited(inventory, limit)
