@@ -126,7 +126,9 @@ def test_engine_ports_and_config_pass_on_a_running_engine(running_engine: Contex
     results = [
         *checks.dbserver_reachable(running_engine),
         *checks.workerpools_reachable(running_engine),
+        *checks.workerpools_answer(running_engine),
         *checks.config_agrees(running_engine),
     ]
 
-    assert [r.status for r in results] == [Status.PASS] * 3, results
+    assert [r.status for r in results] == [Status.PASS] * 4, results
+    assert results[2].found == "0 of 2 processes busy"

@@ -280,3 +280,16 @@ def test_config_agreement_names_the_one_node_that_differs(
         "m1": Status.PASS, "w1": Status.FAIL, "w2": Status.PASS}
     assert results["w1"].found == "differs in [dbserver] authkey"
     assert "--limit w1" in results["w1"].fix
+
+
+def test_workers_status_lines_become_states_per_address() -> None:
+    stdout = (
+        "host                 running total queued\n"
+        "10.0.0.11                  1     4      0\n"
+        "10.0.0.12                  -     -      -  not running: no answer within 3s\n"
+    )
+
+    assert checks.parse_workers_status(stdout) == {
+        "10.0.0.11": "1 of 4 processes busy",
+        "10.0.0.12": "not running: no answer within 3s",
+    }

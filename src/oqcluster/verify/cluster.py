@@ -139,6 +139,55 @@ def workerpools_reachable(ctx: Context) -> Iterator[CheckResult]:
     yield from per_worker(ctx, probe)
 
 
+def workerpools_answer(ctx: Context) -> Iterator[CheckResult]:
+    """Each workerpool answers the master's authenticated ping (`oqz workers status`).
+
+    An open port is not enough: a pool started with another authkey listens but ignores
+    the master, and calculations then wait for it in vain.
+    """
+    user, master = ctx.setting("oq_user"), ctx.master
+    out = master.run_as(user, "OQ_CONFIG_FILE=%s %s workers status",
+                        _config_path(master), f"{ctx.setting('oq_venv_dir')}/bin/oqz")
+    states = parse_workers_status(out.stdout)
+    for worker in ctx.workers:
+        check = "workerpool answers the master (authenticated ping)"
+        state = states.get(worker.address)
+        if state is None:
+            yield failed(worker.name, check, "a status line for " + worker.address,
+                         out.text or f"oqz exit code {out.rc}",
+                         f"on {master.name} as {user}: oqz workers status (is {worker.address} "
+                         "in [zworkers] host_cores?)")
+        elif state.startswith("not running"):
+            yield failed(worker.name, check, "running", state,
+                         _pool_fix(worker.name, master.name, user, state))
+        else:
+            yield passed(worker.name, check, state)
+
+
+def _pool_fix(worker: str, master: str, user: str, state: str) -> str:
+    start = f"then on {master} as {user}: oqz workers start"
+    if "authenticated" in state:  # listening, deaf to the master: started with an old authkey
+        return (f"the pool on {worker} runs with an old authkey and ignores stop requests: "
+                f"end its oqzmq.workerpool process (user {user}) on {worker}, {start}")
+    return start.removeprefix("then ")
+
+
+def parse_workers_status(stdout: str) -> dict[str, str]:
+    """{address: "N of M processes busy" | "not running: why"} from `oqz workers status`."""
+    states: dict[str, str] = {}
+    for line in stdout.splitlines()[1:]:
+        fields = line.split(maxsplit=1)
+        if len(fields) < 2:
+            continue
+        host, rest = fields
+        if "not running" in rest:
+            states[host] = rest[rest.index("not running"):]
+        else:
+            running, total, *_ = rest.split()
+            states[host] = f"{running} of {total} processes busy"
+    return states
+
+
 def ssh_master_to_workers(ctx: Context) -> Iterator[CheckResult]:
     """The engine's account on the master logs in to each worker: no prompt, pinned host key."""
     user = ctx.setting("oq_user")
@@ -269,6 +318,7 @@ CLUSTER_CHECKS: tuple[tuple[str, Callable[[Context], Iterator[CheckResult]]], ..
     ("ports: workers to master", dbserver_reachable),
     ("ports: receivers", receiver_ports_reachable),
     ("ports: master to workers", workerpools_reachable),
+    ("workerpools answer", workerpools_answer),
     ("ssh: master to workers", ssh_master_to_workers),
     ("shared dir", shared_dir_visible),
     ("openquake.cfg agreement", config_agrees),
