@@ -1,0 +1,73 @@
+"""The OS firewall (nftables on Debian) on real kernels: the master's cluster ports answer the
+workers, and refuse a connection from outside the cluster network (through the VM's NAT
+interface, forwarded from the control node: see `forwards` in molecule/kernel/molecule.yml).
+
+The workerpool port (open to the master only, refused to another worker) is checked by
+molecule/default/tests/test_cluster_network.py, which runs here too."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from typing import Any
+
+import pytest
+from kernelprobes import connect, python
+
+from oqcluster.nodetests.expect import expect
+
+FIX = "re-run site.yml --tags firewall; nft list table inet oqcluster"
+GREETING = (
+    "import socket\n"
+    "s = socket.create_connection(({address!r}, {port}), timeout=5)\n"
+    "s.settimeout(10)\n"
+    "try:\n print(s.recv(64).hex() or 'closed')\n"
+    "except OSError as e:\n print(type(e).__name__)\n"
+)
+
+
+def _greeting_from_control_node(port: int) -> str:
+    """What a zmq server sends first (its ZMTP greeting), as hex; or why nothing came."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.settimeout(10)
+            return sock.recv(64).hex() or "closed"
+    except OSError as error:
+        return type(error).__name__
+
+
+@pytest.mark.usefixtures("on_master")
+def test_workers_reach_the_masters_cluster_ports(cluster: Any) -> None:
+    oq = cluster.settings(cluster.master)
+    master = cluster.address(cluster.master)
+    ports = {"dbserver": oq["oq_dbserver_port"], "nfs": 2049}
+    if oq["oq_webui_enabled"]:
+        ports["webui"] = oq["oq_webui_port"]
+    for worker in cluster.remote_workers():
+        for what, port in ports.items():
+            ok, found = connect(cluster.node(worker), master, port)
+            expect(ok, f"{worker} -> {master}:{port} ({what}) connects", found, FIX)
+
+
+@pytest.mark.usefixtures("on_master")
+def test_the_dbserver_port_refuses_addresses_outside_the_cluster(cluster: Any) -> None:
+    oq = cluster.settings(cluster.master)
+    port = int(oq["oq_dbserver_port"])
+    forwards = json.loads(os.environ.get("KERNEL_FORWARDS") or "{}")
+    pairs = [pair.split(":") for pair in forwards.get(cluster.master, "").split(",") if pair]
+    host_port = next((int(h) for h, g in pairs if int(g) == port), None)
+    if host_port is None:
+        pytest.fail(f"no forward to {cluster.master}:{port} in KERNEL_FORWARDS={forwards}: "
+                    "run through molecule/kernel/verify.yml")
+    worker = cluster.remote_workers()[0]
+    inside = python(cluster.node(worker),
+                    GREETING.format(address=cluster.address(cluster.master), port=port))
+    inside_found = inside.stdout.strip() or inside.stderr.strip()[-200:]
+    expect(inside.rc == 0 and inside_found.startswith("ff"),
+           f"{worker} gets the dbserver's zmq greeting from {cluster.master}:{port}",
+           inside_found, "systemctl status openquake-dbserver; " + FIX)
+    outside = _greeting_from_control_node(host_port)
+    expect(not outside.startswith("ff"),
+           f"from outside the cluster network (NAT side of {cluster.master}) port {port} "
+           "refused", f"zmq greeting {outside}", FIX)

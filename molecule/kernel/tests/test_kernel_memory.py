@@ -1,0 +1,60 @@
+"""cgroup v2 memory caps at work: a process in openquake.slice, or in the openquake user's
+slice, that allocates past the cap is stopped by the cap itself (the slice's memory.events
+count the event), and the node lives on. Run on one worker, the last one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from oqcluster.nodetests.expect import expect
+
+FIX = "re-run site.yml --tags cgroup; systemctl show -p MemoryMax openquake.slice"
+
+
+@pytest.fixture
+def last_worker(cluster: Any, node_name: str) -> None:
+    if node_name != cluster.remote_workers()[-1]:
+        pytest.skip("run on one worker (the last one)")
+
+
+def _events(host: Any, slice_name: str) -> dict[str, int]:
+    group = host.run("systemctl show -p ControlGroup --value %s", slice_name).stdout.strip()
+    text = host.file(f"/sys/fs/cgroup{group}/memory.events").content_string
+    return {key: int(value) for key, value in (line.split() for line in text.splitlines())}
+
+
+@pytest.mark.usefixtures("last_worker")
+@pytest.mark.parametrize("kind", ["openquake.slice", "user slice"])
+def test_a_process_over_the_cap_is_stopped_and_the_node_lives(
+    host: Any, oq: dict[str, Any], kind: str
+) -> None:
+    slice_name = "openquake.slice" if kind == "openquake.slice" else f"user-{oq['oq_uid']}.slice"
+    cap = host.run("systemctl show -p MemoryMax --value %s", slice_name).stdout.strip()
+    expect(cap.isdigit(), f"a MemoryMax on {slice_name}", cap, FIX)
+    host.run("systemctl start %s", slice_name)
+    before = _events(host, slice_name)
+    # touch every page: 16 MiB at a time, up to twice the cap (more than the VM's free RAM
+    # would allow only if the cap did not act first)
+    chunks = 2 * int(cap) // (16 << 20) + 1
+    code = (f"blocks = []\nfor i in range({chunks}):\n"
+            " blocks.append(bytearray(b'\\x01') * (16 << 20))\n"
+            "print('allocated', len(blocks) * 16, 'MiB: not stopped')")
+    run = host.run(
+        "timeout 300 systemd-run --quiet --wait --collect --slice=%s --uid=%s "
+        "-p Description=oqcluster-memory-probe python3 -c %s",
+        slice_name, oq["oq_user"], code,
+    )
+    after = _events(host, slice_name)
+    output = (run.stdout + run.stderr).strip()
+    stopped = run.rc != 0 and "not stopped" not in output
+    expect(stopped, f"a process allocating {2 * int(cap) >> 20} MiB in {slice_name} is stopped",
+           output[-300:] or f"exit {run.rc}", FIX)
+    expect(after.get("oom", 0) > before.get("oom", 0)
+           and after.get("oom_kill", 0) > before.get("oom_kill", 0),
+           f"the {slice_name} cap ({int(cap) >> 20} MiB) fired: oom and oom_kill counted in "
+           "its memory.events", f"before {before}, after {after}", FIX)
+    state = host.run("systemctl is-system-running").stdout.strip()
+    expect(state in ("running", "degraded") and host.run("true").rc == 0,
+           "the node still answers, systemd running", state, "look at journalctl -k (OOM)")
