@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from oqcluster.nodetests.cluster import Cluster
 from oqcluster.nodetests.expect import as_root, expect
 
 
@@ -60,11 +61,23 @@ def _mounts(line: str, path: str) -> bool:
 
 
 @pytest.mark.usefixtures("worker_only")
-def test_worker_trusts_the_masters_key(host: Any, oq: dict[str, Any]) -> None:
+def test_worker_trusts_the_masters_key(host: Any, oq: dict[str, Any], cluster: Cluster) -> None:
+    """The master's openquake public key itself, not just any key, is in authorized_keys."""
+    master_oq = cluster.settings(cluster.master)
+    master = cluster.node(cluster.master)
+    public = f"{master_oq['oq_home']}/.ssh/id_ed25519.pub"
+    with as_root(master):
+        key_file = master.file(public)
+        master_key = key_file.content_string.split() if key_file.exists else []
+    expect(len(master_key) >= 2, f"the master's public key {public} on {cluster.master}",
+           "missing", "re-run site.yml --tags ssh")
     home = host.user(oq["oq_user"]).home if host.user(oq["oq_user"]).exists else oq["oq_home"]
     with as_root(host):
         keys = host.file(f"{home}/.ssh/authorized_keys")
         content = keys.content_string if keys.exists else ""
     entries = [line for line in content.splitlines() if line.strip() and line[0] != "#"]
-    expect(bool(entries), f"the master's key in {home}/.ssh/authorized_keys", "no key",
+    expect(any(master_key[1] in line.split() for line in entries),
+           f"the master's key ({master_key[0]} ...{master_key[1][-12:]}) in "
+           f"{home}/.ssh/authorized_keys",
+           f"{len(entries)} other key(s)" if entries else "no key",
            "re-run site.yml --tags ssh")
