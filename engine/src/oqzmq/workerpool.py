@@ -48,7 +48,8 @@ from oqzmq.worker import ReceiverSockets, worker_main
 
 log = logging.getLogger("oqzmq.workerpool")
 
-PREFETCH_SHORT = 32  # tasks per worker when tasks take less than SHORT_TASK seconds
+PREFETCH_SHORT = 64  # tasks per worker when tasks take less than SHORT_TASK seconds,
+SLICE_SHORT = 16  # sent in slices, so the next slice waits while a worker runs the current
 PREFETCH_LONG = 2
 SHORT_TASK = 0.02
 HEARTBEAT = 1.0
