@@ -78,11 +78,12 @@ def oqz(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           timeout=60, check=False)
 
 
-def wait_for_dbserver(env: dict[str, str]) -> None:
-    deadline = time.monotonic() + 20
+def wait_for_dbserver(env: dict[str, str], dbserver: subprocess.Popen[bytes], log: Path) -> None:
+    # Generous: on a loaded 2-core machine each `oqz` start (numpy, h5py imports) takes seconds.
+    deadline = time.monotonic() + 90
     while oqz(env, "dbserver", "status").returncode != 0:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the dbserver did not answer within 20s")
+        if dbserver.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the dbserver did not answer; its log:\n{log.read_text()}")
         time.sleep(0.3)
 
 
@@ -96,10 +97,12 @@ def running_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Context
     assert main(["render", "-i", str(inventory), "--out", str(tmp_path / "rendered")]) == 0
     (tmp_path / "rendered/node/openquake.cfg").rename(tmp_path / "etc/openquake.cfg")
     env = {**os.environ, "OQ_CONFIG_FILE": str(tmp_path / "etc/openquake.cfg")}
-    dbserver = subprocess.Popen([str(OQZ), "dbserver", "start"], env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "dbserver.log"
+    with log.open("wb") as log_file:
+        dbserver = subprocess.Popen([str(OQZ), "dbserver", "start"], env=env, cwd=ROOT,
+                                    stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        wait_for_dbserver(env)
+        wait_for_dbserver(env, dbserver, log)
         started = oqz(env, "workers", "start")
         assert started.returncode == 0, started.stdout + started.stderr
         yield build_context(str(inventory), Inventory([str(inventory)],
