@@ -14,6 +14,8 @@ Messages a worker sends to a receiver (``meta`` tuples, see :mod:`oqzmq.protocol
     ("error",  token, task_no, pool_id, info)  info["traceback"] says what went wrong
 
 ``info`` is a dict: host, pid, time, memory_mb, bytes, nresults, stats (the named blocks).
+Small messages leave together as ``("batch", pool_id, [(meta, nframes), ...])`` (see
+:class:`Outbox`); big partial results leave at once, alone.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ Emit = Callable[[str, dict[str, Any] | None, Sequence[Buffer]], None]
 SEND_TIMEOUT_MS = 120_000
 RECEIVER_HWM = 64
 MAX_RECEIVER_SOCKETS = 16
+BATCH_BYTES = 256 * 1024  # results smaller than this wait (at most FLUSH_SECONDS) for company
+FLUSH_SECONDS = 0.01
 
 
 def task_name(func: Callable[..., Any]) -> str:
@@ -176,9 +180,6 @@ class Outbox:
         self.pending.clear()
         self.nbytes = 0
 
-
-BATCH_BYTES = 256 * 1024
-FLUSH_SECONDS = 0.01
 
 
 def worker_main(
