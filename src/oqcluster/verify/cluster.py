@@ -169,6 +169,10 @@ def _pool_fix(worker: str, master: str, user: str, state: str) -> str:
     if "authenticated" in state:  # listening, deaf to the master: started with an old authkey
         return (f"the pool on {worker} runs with an old authkey and ignores stop requests: "
                 f"end its oqzmq.workerpool process (user {user}) on {worker}, {start}")
+    if "closed" in state:  # refused from the master: no pool, or the worker's firewall
+        return (f"if `master reaches ...(workerpool)` fails for {worker} too, its firewall "
+                f"rejects the master: {FIREWALL_FIX}; otherwise the pool is not running: "
+                + start.removeprefix("then "))
     return start.removeprefix("then ")
 
 
