@@ -1,4 +1,9 @@
-"""Node checks: the packaged node test modules, one pytest run per host, in parallel."""
+"""Node checks: the packaged node test modules, run by pytest against groups of hosts.
+
+A pytest run costs CPU (Python, Ansible, the inventory read twice) while its remote
+commands mostly wait: hosts are split among at most one run per CPU (see split_hosts),
+the runs go in parallel, each result names its host.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from pathlib import Path
 
 from oqcluster import nodetests
@@ -21,18 +27,27 @@ TIMEOUT_SECONDS = 300
 PARAMETERS = re.compile(r"\[(?P<params>.*)\]$")
 
 
-def node_test_command(inventory: str, host: str, junit: Path) -> list[str]:
+def split_hosts(hosts: Sequence[str], jobs: int) -> list[list[str]]:
+    """`hosts` dealt round-robin into at most min(jobs, CPUs) groups, one pytest run each."""
+    runs = max(1, min(jobs, os.cpu_count() or 1, len(hosts)))
+    return [list(hosts[index::runs]) for index in range(runs) if hosts[index::runs]]
+
+
+def node_test_command(inventory: str, hosts: Sequence[str], junit: Path) -> list[str]:
     return [
         sys.executable, "-m", "pytest", str(NODETESTS),
-        f"--hosts=ansible://{host}", f"--ansible-inventory={inventory}",
+        "--hosts=" + ",".join(f"ansible://{host}" for host in hosts),
+        f"--ansible-inventory={inventory}",
         f"--junitxml={junit}", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
     ]
 
 
 def run_node_tests(
-    inventory: str, host: str, project_root: Path, vault_password_file: str | None = None
+    inventory: str, hosts: Sequence[str], project_root: Path,
+    vault_password_file: str | None = None,
 ) -> list[CheckResult]:
-    """The node test modules against one host, as CheckResults named after the tests."""
+    """The node test modules against `hosts` in one pytest run, as CheckResults named after
+    the tests, each on its host."""
     ensure_ansible_on_path()
     env = {**os.environ, "OQCLUSTER_PROJECT": str(project_root)}
     if vault_password_file:  # the node tests load the inventory as ansible.cfg would say
@@ -42,21 +57,31 @@ def run_node_tests(
         started = time.monotonic()
         try:
             run = subprocess.run(
-                node_test_command(inventory, host, junit), cwd=project_root, env=env,
+                node_test_command(inventory, hosts, junit), cwd=project_root, env=env,
                 capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False,
             )
         except subprocess.TimeoutExpired:
-            return [_broken(host, f"no answer within {TIMEOUT_SECONDS}s", time.monotonic())]
+            return [_broken(host, f"no answer within {TIMEOUT_SECONDS}s", started)
+                    for host in hosts]
         if not junit.exists():
-            return [_broken(host, _tail(run.stdout + run.stderr), started)]
-        return results_from_junit(host, junit.read_text())
+            return [_broken(host, _tail(run.stdout + run.stderr), started) for host in hosts]
+        return results_from_junit(hosts, junit.read_text())
 
 
-def results_from_junit(host: str, xml: str) -> list[CheckResult]:
+def results_from_junit(hosts: Sequence[str], xml: str) -> list[CheckResult]:
+    """A result per test case, on the host of its `[ansible://HOST...]` parameter."""
     results = []
     for case in ET.fromstring(xml).iter("testcase"):
-        results.append(_result(host, case))
+        results.append(_result(_case_host(case.get("name", ""), hosts), case))
     return results
+
+
+def _case_host(test_name: str, hosts: Sequence[str]) -> str:
+    match = PARAMETERS.search(test_name)
+    params = match["params"] if match else ""
+    candidates = [host for host in hosts if params.startswith(f"ansible://{host}")]
+    # the longest name wins: "w1" is a prefix of "w1-big" too
+    return max(candidates, key=len) if candidates else (hosts[0] if len(hosts) == 1 else "?")
 
 
 def _result(host: str, case: ET.Element) -> CheckResult:

@@ -19,7 +19,7 @@ from rich.progress import (
 
 from oqcluster.verify.cluster import CLUSTER_CHECKS, WRITING_CHECKS
 from oqcluster.verify.context import Context
-from oqcluster.verify.nodes import run_node_tests
+from oqcluster.verify.nodes import run_node_tests, split_hosts
 from oqcluster.verify.remote import Node
 from oqcluster.verify.results import CheckResult, Status
 from oqcluster.verify.smoke import smoke_calculation
@@ -76,11 +76,12 @@ def run_all(
         progress.update(task, completed=1)
         if ctx.master.name in {r.host for r in unreachable}:
             return sorted_by_host(unreachable, ctx)  # every other check goes through it
+        selected = [node.name for node in ctx.nodes if node.name in ctx.selected]
         node_futures = [
-            _tracked(progress, pool, f"node checks on {node.name}",
-                     lambda n=node: run_node_tests(ctx.inventory_path, n.name, project_root,
-                                                   vault_password_file))
-            for node in ctx.nodes if node.name in ctx.selected
+            _tracked(progress, pool, f"node checks on {', '.join(hosts)}",
+                     lambda hosts=hosts: run_node_tests(ctx.inventory_path, hosts,
+                                                        project_root, vault_password_file))
+            for hosts in split_hosts(selected, jobs)
         ]
         cluster_futures = [
             _tracked(progress, pool, f"cluster: {label}",
@@ -91,6 +92,8 @@ def run_all(
         results = unreachable + [
             r for future in (*node_futures, *cluster_futures) for r in future.result()
         ]
+        # after the cluster checks, not along: the receiver check may borrow a live
+        # calculation's receiver port, which the smoke calculation closes when it ends
         if smoke and not read_only:
             future = _tracked(progress, pool, "smoke calculation",
                               lambda: guarded("smoke calculation", smoke_calculation, ctx))
