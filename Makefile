@@ -84,15 +84,18 @@ bench: $(BENCH_STAMP) ## engine benchmark table (BENCH_ARGS="--quick --only 'oqz
 # (software CPU) from a Debian 12 image cached by recipe hash outside the repository.
 # Not part of `make test`; each step prints its time. The VMs are destroyed at the end,
 # also on failure or Ctrl-C, unless KERNEL_KEEP=1 (then: molecule login -s kernel -h oq-master,
-# and `molecule destroy -s kernel` when done).
+# and `molecule destroy -s kernel` when done). Only one of the two can run at a time (ports).
+# KERNEL_SCENARIO=kernel-small: the reduced form, one master and one worker.
 KERNEL_STEPS ?= syntax create prepare converge idempotence verify
 KERNEL_KEEP ?=
+KERNEL_SCENARIO ?= kernel
 
 .PHONY: molecule-kernel
 molecule-kernel: venv host-deps ## Molecule on real-kernel VMs: kernel NFS, swap+reboot, firewall, cgroup v2
 	@$(STAGE) "kernel: VM image" bash molecule/images/vm/build.sh
-	@$(STAGE) "kernel: destroy leftovers" molecule destroy -s kernel
-	@[[ -n "$(KERNEL_KEEP)" ]] || trap '$(STAGE) "kernel: destroy" molecule destroy -s kernel' EXIT; \
+	@$(STAGE) "$(KERNEL_SCENARIO): destroy leftovers" molecule destroy -s $(KERNEL_SCENARIO)
+	@[[ -n "$(KERNEL_KEEP)" ]] || \
+	    trap '$(STAGE) "$(KERNEL_SCENARIO): destroy" molecule destroy -s $(KERNEL_SCENARIO)' EXIT; \
 	for step in $(KERNEL_STEPS); do \
-	    $(STAGE) "kernel: $$step" molecule $$step -s kernel || exit 1; \
+	    $(STAGE) "$(KERNEL_SCENARIO): $$step" molecule $$step -s $(KERNEL_SCENARIO) || exit 1; \
 	done

@@ -71,7 +71,8 @@ vm_up() {
     clustermac=$(printf '52:54:00:77:00:%02x' "$index")
     [[ -f $state/$name.qcow2 ]] ||
         qemu-img create -q -f qcow2 -F qcow2 -b "$image/disk.qcow2" "$state/$name.qcow2"
-    append="root=LABEL=oqroot rw console=ttyS0 quiet net.ifnames=0 systemd.hostname=$name"
+    append="root=LABEL=oqroot rw console=ttyS0 quiet net.ifnames=0 modprobe.blacklist=floppy"
+    append+=" systemd.hostname=$name"
     append+=" oq.natmac=$natmac oq.mac=$clustermac oq.addr=$addr oq.sshkey=$key"
     # -kernel/-initrd/-append survive reboots inside the guest: a reboot keeps the settings
     nice -n "$NICE" qemu-system-x86_64 \

@@ -34,7 +34,7 @@ rm -f /etc/hostname
 # Per-VM settings from the kernel command line, read at every boot (a reboot
 # inside QEMU keeps the command line):
 #   systemd.hostname=NAME        (systemd itself)
-#   oq.natmac=MAC                NIC on QEMU's user-mode network: DHCP, ssh forwarded
+#   oq.natmac=MAC                NIC on QEMU's user-mode network: 10.0.2.15, ssh forwarded
 #   oq.mac=MAC oq.addr=IP/PREFIX NIC on the private cluster network: static address
 #   oq.sshkey=BASE64             the control node's ed25519 public key for root
 cat > /usr/local/sbin/oqvm-boot <<'SCRIPT'
@@ -51,8 +51,9 @@ for word in $(cat /proc/cmdline); do
 done
 mkdir -p /run/systemd/network
 if [ -n "${natmac:-}" ]; then
-    printf '[Match]\nMACAddress=%s\n\n[Network]\nDHCP=ipv4\n' "$natmac" \
-        > /run/systemd/network/20-nat.network
+    # QEMU's user-mode network is always 10.0.2.0/24: static, no DHCP round trip
+    printf '[Match]\nMACAddress=%s\n\n[Network]\nAddress=10.0.2.15/24\nGateway=10.0.2.2\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n' \
+        "$natmac" > /run/systemd/network/20-nat.network
 fi
 if [ -n "${mac:-}" ] && [ -n "${addr:-}" ]; then
     printf '[Match]\nMACAddress=%s\n\n[Network]\nAddress=%s\nLinkLocalAddressing=no\n' \
@@ -87,6 +88,19 @@ UNIT
 systemctl enable oqvm-boot.service systemd-networkd.service ssh.service >/dev/null
 systemctl enable systemd-networkd-wait-online.service >/dev/null
 
+# Under QEMU's software CPU on a busy machine a boot can take minutes: systemd's default
+# 90 s start timeout and networkd-wait-online's 2 minutes would fail units that are merely slow.
+mkdir -p /etc/systemd/system.conf.d /etc/systemd/system/systemd-networkd-wait-online.service.d
+cat > /etc/systemd/system.conf.d/oqvm-timeouts.conf <<'CONF'
+[Manager]
+DefaultTimeoutStartSec=900s
+CONF
+cat > /etc/systemd/system/systemd-networkd-wait-online.service.d/timeout.conf <<'UNIT'
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --timeout=900
+UNIT
+
 # Periodic jobs that would compete with the tests for the (software) CPU, or hold the dpkg
 # lock while site.yml installs packages (apt-daily fires soon after a first boot).
 systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer e2scrub_reap.service \
@@ -99,10 +113,15 @@ systemctl disable nfs-server.service >/dev/null 2>&1
 rm -f /etc/ssh/ssh_host_* /etc/machine-id /var/lib/dbus/machine-id
 : > /etc/machine-id
 mkdir -p /etc/systemd/system/ssh.service.d
+# ed25519 and ecdsa only: an RSA key takes long to generate under the software CPU
+cat > /etc/ssh/sshd_config.d/oqvm-hostkeys.conf <<'CONF'
+HostKey /etc/ssh/ssh_host_ed25519_key
+HostKey /etc/ssh/ssh_host_ecdsa_key
+CONF
 cat > /etc/systemd/system/ssh.service.d/hostkeys.conf <<'UNIT'
 [Service]
 ExecStartPre=
-ExecStartPre=/usr/bin/ssh-keygen -A
+ExecStartPre=/bin/sh -c 'for t in ed25519 ecdsa; do [ -s /etc/ssh/ssh_host_$${t}_key ] || ssh-keygen -q -t $$t -N "" -f /etc/ssh/ssh_host_$${t}_key; done'
 ExecStartPre=/usr/sbin/sshd -t
 UNIT
 
