@@ -121,6 +121,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     yield Cluster(config, path)
     launcher.query_pools(config, ("kill",), timeout=2)
     _wait_closed(config)
+    for hc in config.host_cores:
+        launcher.local_log_path(hc, config).unlink(missing_ok=True)
 
 
 def _wait_closed(config: Config, timeout: float = 10) -> None:

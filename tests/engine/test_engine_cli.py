@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -118,3 +119,4 @@ def test_workers_start_then_stop(
         assert time.monotonic() < deadline, "the pool did not stop"
         time.sleep(0.2)
     assert f"not running: port {port} closed" in capsys.readouterr().out
+    (Path(tempfile.gettempdir()) / f"oqz-workerpool-127.0.0.4-{port}.log").unlink()
