@@ -8,7 +8,8 @@ How a pool is started on a host (``launcher``):
              (``/opt/openquake/venv/bin/python``) detached with nohup
 ``systemd``  ``ssh ... sudo -n systemctl start openquake-workerpool.service`` for hosts where
              provisioning installed the unit
-``auto``     local for loopback addresses, ssh for the others
+``auto``     local for loopback addresses; for the others one ssh call that uses the systemd
+             unit where the host has it, nohup otherwise
 
 After launching, :func:`start_pools` pings every pool until it answers or ``wait`` runs out,
 and reports each failure with its reason: ssh refused, port closed, timeout.
@@ -60,16 +61,25 @@ def launch_command(
     config: Config, hc: HostCores, launcher: str = "auto", python: str = REMOTE_PYTHON,
     ssh_user: str = SSH_USER,
 ) -> tuple[str, list[str]]:
-    """(how, argv) that starts the pool of ``hc`` - what ``oqz workers debug`` prints."""
-    how = ("local" if is_local_host(hc.host) else "ssh") if launcher == "auto" else launcher
+    """(how, argv) that starts the pool of ``hc`` - what ``oqz workers debug`` prints.
+
+    ``auto`` on a remote host is one ssh call that starts the systemd unit when the host has
+    it (provisioning installs it) and launches the pool with nohup otherwise.
+    """
+    how = ("local" if is_local_host(hc.host) else "auto") if launcher == "auto" else launcher
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"{ssh_user}@{hc.host}"]
     if how == "local":
         return how, pool_argv(config, hc, sys.executable)
+    systemd = f"sudo -n systemctl start {SYSTEMD_UNIT}"
     if how == "systemd":
-        return how, [*ssh, "sudo", "-n", "systemctl", "start", SYSTEMD_UNIT]
+        return how, [*ssh, systemd]
     remote = shlex.join(pool_argv(config, hc, python))
     log = f"/tmp/oqz-workerpool-{hc.host}-{config.ctrl_port}.log"
-    return how, [*ssh, f"nohup {remote} >{log} 2>&1 </dev/null &"]
+    nohup = f"nohup {remote} >{log} 2>&1 </dev/null &"
+    if how == "ssh":
+        return how, [*ssh, nohup]
+    return "ssh+systemd-if-installed", [
+        *ssh, f"if systemctl cat {SYSTEMD_UNIT} >/dev/null 2>&1; then {systemd}; else {nohup} fi"]
 
 
 def start_pools(
