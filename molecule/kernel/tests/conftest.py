@@ -1,8 +1,8 @@
-"""Fixtures of the real-kernel checks: the same `cluster`, `oq`, `node_name` and `on_master`
-fixtures as the container scenario's tests (oqcluster.nodetests), so molecule/default/tests
-run here unchanged next to these kernel-only modules.
+"""Fixtures of the real-kernel checks: the `cluster`, `oq`, `node_name` and `on_master`
+fixtures of the packaged node tests (oqcluster.nodetests), which run here unchanged next to
+these kernel-only modules.
 
-    pytest molecule/default/tests molecule/kernel/tests \
+    pytest src/oqcluster/nodetests molecule/kernel/tests \
         --hosts=ansible://all --ansible-inventory=$MOLECULE_INVENTORY_FILE
 """
 

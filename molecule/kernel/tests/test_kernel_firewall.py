@@ -2,8 +2,8 @@
 workers, and refuse a connection from outside the cluster network (through the VM's NAT
 interface, forwarded from the control node: see `forwards` in molecule/kernel/molecule.yml).
 
-The workerpool port (open to the master only, refused to another worker) is checked by
-molecule/default/tests/test_cluster_network.py, which runs here too."""
+The workerpool port (refused to another worker) is checked by the packaged node tests
+(oqcluster/nodetests/test_cluster_network.py), which run here too."""
 
 from __future__ import annotations
 

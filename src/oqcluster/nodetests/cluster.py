@@ -1,8 +1,7 @@
 """The cluster as the node tests see it: the inventory's hosts, addresses and settings.
 
-Same API as the Molecule scenario's conftest (molecule/default/tests), so test modules
-move between the two unchanged. Settings come from the inventory with the oq role
-defaults underneath (oqcluster.inventory), never from constants.
+Settings come from the inventory with the oq role defaults underneath
+(oqcluster.inventory), never from constants.
 """
 
 from __future__ import annotations
@@ -66,3 +65,15 @@ class Cluster:
     def remote_workers(self) -> list[str]:
         """Workers that are not also the master (they use the exports, not local dirs)."""
         return [name for name in self.workers if name != self.master]
+
+
+def can_connect(host: Any, address: str, port: int, timeout: float = 3.0) -> tuple[bool, str]:
+    """Open a TCP connection from `host` to address:port; (connected, what happened)."""
+    code = (
+        "import socket,sys\n"
+        f"try:\n socket.create_connection(({address!r}, {port}), timeout={timeout}).close()\n"
+        "except OSError as e:\n print(type(e).__name__, e); sys.exit(1)\n"
+        "print('connected')"
+    )
+    result = host.run("python3 -c %s", code)
+    return result.rc == 0, (result.stdout + result.stderr).strip()

@@ -1,7 +1,8 @@
 """Fixtures of the node tests: the node's expected settings, from the inventory.
 
-The fixture names and the `cluster` object are those of molecule/default/tests/conftest.py
-(see cluster.py), so test modules run in both places unchanged.
+Run the modules against any inventory, as `oqcluster verify` and Molecule's verifier do:
+    pytest src/oqcluster/nodetests --hosts=ansible://all --ansible-inventory=INV
+(without --ansible-inventory, Molecule's $MOLECULE_INVENTORY_FILE is used).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from oqcluster.nodetests.cluster import Cluster, inventory_path
+from oqcluster.nodetests.cluster import Cluster, can_connect, inventory_path
 from oqcluster.nodetests.expect import message
 from oqcluster.project import find_project
 from oqcluster.render import SecretMissing, render_existing_config
@@ -52,6 +53,12 @@ def master_only(cluster: Cluster, node_name: str) -> None:
 def worker_only(cluster: Cluster, node_name: str) -> None:
     if node_name not in cluster.remote_workers():
         pytest.skip(f"only on hosts of group {WORKERS_GROUP} that are not the master")
+
+
+@pytest.fixture
+def connect() -> Any:
+    """can_connect(host, address, port) -> (connected, what happened), run from `host`."""
+    return can_connect
 
 
 @pytest.fixture

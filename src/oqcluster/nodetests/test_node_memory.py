@@ -27,6 +27,18 @@ def test_no_swap_line_is_enabled_in_fstab(host: Any, oq: dict[str, Any]) -> None
            "re-run site.yml --tags swap (comments the swap lines out)")
 
 
+def test_swap_stays_off_after_a_reboot(host: Any, oq: dict[str, Any]) -> None:
+    if not oq.get("oq_swap_off", True):
+        pytest.skip("oq_swap_off is false: swap is left as it is")
+    masked = host.run("systemctl is-enabled swap.target").stdout.strip()
+    expect(masked == "masked", "swap.target masked (no swap unit starts at boot)", masked,
+           "re-run site.yml --tags swap")
+    sysctl = host.file("/etc/sysctl.d/90-openquake.conf")
+    expect(sysctl.exists and "vm.swappiness" in sysctl.content_string,
+           "vm.swappiness in /etc/sysctl.d/90-openquake.conf", "absent",
+           "re-run site.yml --tags swap")
+
+
 def _is_swap_entry(line: str) -> bool:
     fields = line.split()
     return len(fields) >= 3 and not fields[0].startswith("#") and fields[2] == "swap"
@@ -40,3 +52,31 @@ def test_slice_has_a_memory_cap(host: Any, oq: dict[str, Any], unit: str) -> Non
     expect(value.isdigit(), f"{name} MemoryMax set ({oq['oq_memory_max_percent']}% of RAM)",
            f"MemoryMax={value or 'unknown'}",
            "re-run site.yml --tags cgroup; systemctl daemon-reload")
+
+
+def test_openquake_slice_memory_cap_is_in_the_kernel(host: Any, oq: dict[str, Any]) -> None:
+    """The cap systemd was given is the one the kernel enforces (cgroupfs), as a share of RAM."""
+    active = host.run("systemctl is-active openquake.slice").stdout.strip()
+    expect(active == "active", "openquake.slice active", active, "re-run site.yml --tags cgroup")
+    group = host.run("systemctl show -p ControlGroup --value openquake.slice").stdout.strip()
+    path = _memory_limit_file(host, group)
+    limit = host.file(path)
+    expect(limit.exists, path, "missing", "enable the cgroup memory controller (kernel command "
+           "line cgroup_enable=memory) and reboot")
+    in_kernel = int(limit.content_string.strip())
+    meminfo = host.file("/proc/meminfo").content_string.splitlines()
+    mem_total = 1024 * int(next(line.split()[1] for line in meminfo
+                                if line.startswith("MemTotal:")))
+    share = 100 * in_kernel / mem_total
+    expect(abs(share - oq["oq_memory_max_percent"]) < 1.0,
+           f"memory cap {oq['oq_memory_max_percent']}% of RAM in cgroupfs",
+           f"{in_kernel} bytes = {share:.1f}% in {path}", "re-run site.yml --tags cgroup")
+
+
+def _memory_limit_file(host: Any, control_group: str) -> str:
+    """The cgroupfs file of a systemd control group's hard memory limit: the memory
+    controller is on its own v1 hierarchy (legacy, hybrid) or in the unified one."""
+    lines = host.file("/proc/self/cgroup").content_string.splitlines()
+    if any(line.split(":")[1] == "memory" for line in lines):
+        return f"/sys/fs/cgroup/memory{control_group}/memory.limit_in_bytes"
+    return f"/sys/fs/cgroup{control_group}/memory.max"

@@ -25,9 +25,46 @@ def test_master_services_run_enabled_in_the_openquake_slice(
                f"journalctl -u {name}; systemctl restart {name}")
         expect(service.is_enabled, f"{name} enabled", "not enabled",
                f"systemctl enable {name} (re-run site.yml --tags services)")
-        slice_name = host.run("systemctl show -p Slice --value %s", name).stdout.strip()
-        expect(slice_name == "openquake.slice", "Slice=openquake.slice", f"Slice={slice_name}",
-               "re-run site.yml --tags services")
+        show = dict(line.split("=", 1) for line in host.run(
+            "systemctl show -p Slice,User,Restart,MainPID %s", name).stdout.splitlines())
+        wanted = {"Slice": "openquake.slice", "User": oq["oq_user"], "Restart": "on-failure"}
+        found = {key: show.get(key) for key in wanted}
+        expect(found == wanted, str(wanted), str(found), "re-run site.yml --tags services")
+        owner = host.run("ps -o user= -p %s", show["MainPID"]).stdout.strip()
+        expect(owner == oq["oq_user"], f"{name} process owned by {oq['oq_user']}", owner,
+               f"systemctl restart {name}")
+        cgroup = host.file(f"/proc/{show['MainPID']}/cgroup").content_string
+        expect(f"/openquake.slice/{name}" in cgroup, f"{name} in openquake.slice (cgroupfs)",
+               cgroup.splitlines()[0] if cgroup else "no process", f"systemctl restart {name}")
+    with as_root(host):
+        answer = host.run("runuser -u %s -- env OQ_CONFIG_FILE=%s %s/bin/oqz dbserver status",
+                          oq["oq_user"], f"{oq['oq_config_dir']}/openquake.cfg",
+                          oq["oq_venv_dir"])
+    expect(answer.rc == 0, "`oqz dbserver status` as the engine's user exits 0",
+           (answer.stdout + answer.stderr).strip()[-300:], "journalctl -u openquake-dbserver")
+
+
+@pytest.mark.usefixtures("master_only")
+def test_master_serves_nfs_and_the_webui_on_its_cluster_address(
+    host: Any, oq: dict[str, Any], cluster: Cluster, node_name: str
+) -> None:
+    """The dbserver's port is checked from the workers (oqcluster verify's cluster checks)."""
+    address = cluster.address(node_name)
+    ports = {2049: "NFS"} | ({oq["oq_webui_port"]: "webui"} if oq["oq_webui_enabled"] else {})
+    for port, what in ports.items():
+        listening = any(host.socket(f"tcp://{ip}:{port}").is_listening
+                        for ip in (address, "0.0.0.0"))
+        expect(listening, f"{what} listening on {address}:{port}", "not listening",
+               "re-run site.yml; journalctl -u openquake-webui, nfs-server or nfs-ganesha")
+
+
+@pytest.mark.usefixtures("master_only")
+def test_master_state_dir_belongs_to_openquake(host: Any, oq: dict[str, Any]) -> None:
+    with as_root(host):
+        state = host.file(oq["oq_state_dir"])
+        found = f"{state.user}:{state.group} {state.mode:04o}" if state.exists else "missing"
+    wanted = f"{oq['oq_user']}:{oq['oq_group']} 0750"
+    expect(found == wanted, wanted, found, "re-run site.yml --tags config")
 
 
 @pytest.mark.usefixtures("master_only")
@@ -41,6 +78,35 @@ def test_master_shared_dir_is_setgid_and_private(host: Any, oq: dict[str, Any]) 
     expect(found == wanted, wanted, found,
            f"chown {oq['oq_user']}:{oq['oq_group']} {oq['oq_shared_dir']}; "
            f"chmod 2770 {oq['oq_shared_dir']} (or re-run site.yml --tags nfs)")
+    # setgid at work: a file root creates there gets the engine's group
+    probe = f"{oq['oq_shared_dir']}/.oqcluster-setgid-probe"
+    with as_root(host):
+        host.run("touch %s", probe)
+        group = host.file(probe).group
+        host.run("rm -f %s", probe)
+    expect(group == oq["oq_group"], f"new files get group {oq['oq_group']}", group,
+           f"chmod g+s {oq['oq_shared_dir']} (or re-run site.yml --tags nfs)")
+
+
+@pytest.mark.usefixtures("master_only")
+def test_master_has_the_engine_venv_installed_offline(host: Any, oq: dict[str, Any]) -> None:
+    version = host.run("%s/bin/oqz --version", oq["oq_venv_dir"])
+    expect(version.rc == 0, f"{oq['oq_venv_dir']}/bin/oqz --version works",
+           (version.stdout + version.stderr).strip()[-200:], "re-run site.yml --tags engine")
+    wheels = host.run("ls %s/wheelhouse", oq["oq_install_dir"]).stdout.split()
+    expect(any(wheel.startswith("oq_zmq_engine-") for wheel in wheels),
+           f"the engine wheel in {oq['oq_install_dir']}/wheelhouse", " ".join(wheels) or "none",
+           "re-run site.yml --tags engine")
+
+
+def test_engine_runs_as_openquake_on_every_node(host: Any, oq: dict[str, Any]) -> None:
+    """Workers run the master's venv through the export of the software tree."""
+    with as_root(host):
+        result = host.run("runuser -u %s -- %s/bin/oqz --version", oq["oq_user"],
+                          oq["oq_venv_dir"])
+    expect(result.rc == 0, f"{oq['oq_venv_dir']}/bin/oqz runs as {oq['oq_user']}",
+           (result.stdout + result.stderr).strip()[-300:],
+           "check the NFS mount of the software tree (findmnt) and the Python version")
 
 
 @pytest.mark.usefixtures("worker_only")
