@@ -42,15 +42,3 @@ class Listener:
 
     def __exit__(self, *exc: object) -> None:
         self.host.run("systemctl stop %s", self.unit)
-
-
-def connect(host: Any, address: str, port: int, timeout: float = 3.0) -> tuple[bool, str]:
-    """Open a TCP connection from `host`; (connected, what happened)."""
-    code = (
-        "import socket,sys\n"
-        f"try:\n socket.create_connection(({address!r}, {port}), timeout={timeout}).close()\n"
-        "except OSError as e:\n print(type(e).__name__, e); sys.exit(1)\n"
-        "print('connected')"
-    )
-    result = python(host, code)
-    return result.rc == 0, (result.stdout + result.stderr).strip()

@@ -13,8 +13,9 @@ import socket
 from typing import Any
 
 import pytest
-from kernelprobes import connect, python
+from kernelprobes import python
 
+from oqcluster.nodetests.cluster import can_connect as connect
 from oqcluster.nodetests.expect import expect
 
 FIX = "re-run site.yml --tags firewall; nft list table inet oqcluster"

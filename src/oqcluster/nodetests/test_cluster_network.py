@@ -106,6 +106,14 @@ def _libnfs(node: Any, name: str) -> None:
         pytest.skip(f"libnfs-utils is not installed on {name}: nothing to read the export with")
 
 
+def _first_nfs_client(cluster: Any) -> tuple[dict[str, Any], str, Any]:
+    """(the master's settings, the first worker, its testinfra host) for a probe of the exports."""
+    worker = cluster.remote_workers()[0]
+    node = cluster.node(worker)
+    _libnfs(node, worker)
+    return cluster.settings(cluster.master), worker, node
+
+
 @pytest.mark.usefixtures("on_master")
 def test_listed_workers_read_the_exports(cluster: Any, nfs_probe: tuple[str, str]) -> None:
     oq = cluster.settings(cluster.master)
@@ -125,11 +133,8 @@ def test_listed_workers_read_the_exports(cluster: Any, nfs_probe: tuple[str, str
 
 @pytest.mark.usefixtures("on_master")
 def test_exports_are_read_only(cluster: Any) -> None:
-    oq = cluster.settings(cluster.master)
+    oq, worker, node = _first_nfs_client(cluster)
     master = cluster.node(cluster.master)
-    worker = cluster.remote_workers()[0]
-    node = cluster.node(worker)
-    _libnfs(node, worker)
     target = f"{oq['oq_shared_dir']}/.oqcluster-nfs-write-{secrets.token_hex(4)}"
     write = node.run(
         "nfs-cp /etc/hostname %s", _nfs_url(cluster, target, oq["oq_uid"], oq["oq_gid"])
@@ -143,10 +148,7 @@ def test_exports_are_read_only(cluster: Any) -> None:
 
 @pytest.mark.usefixtures("on_master")
 def test_exports_squash_root(cluster: Any) -> None:
-    oq = cluster.settings(cluster.master)
-    worker = cluster.remote_workers()[0]
-    node = cluster.node(worker)
-    _libnfs(node, worker)
+    oq, worker, node = _first_nfs_client(cluster)
     listing = node.run("nfs-ls %s", _nfs_url(cluster, oq["oq_shared_dir"], 0, 0))
     expect(listing.rc != 0, f"root on {worker} cannot list the 2770 {oq['oq_shared_dir']} "
            "(root squashed)", listing.stdout.strip()[-200:] or "listed",
@@ -156,10 +158,7 @@ def test_exports_squash_root(cluster: Any) -> None:
 
 @pytest.mark.usefixtures("on_master")
 def test_exports_refuse_nfsv3(cluster: Any) -> None:
-    oq = cluster.settings(cluster.master)
-    worker = cluster.remote_workers()[0]
-    node = cluster.node(worker)
-    _libnfs(node, worker)
+    oq, _worker, node = _first_nfs_client(cluster)
     v3 = node.run("nfs-ls %s", _nfs_url(cluster, oq["oq_shared_dir"], oq["oq_uid"],
                                         oq["oq_gid"], version=3))
     expect(v3.rc != 0, "NFSv3 refused (NFSv4 only)", "NFSv3 answered",
