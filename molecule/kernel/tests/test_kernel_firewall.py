@@ -1,6 +1,7 @@
-"""The OS firewall (nftables on Debian) on real kernels: the master's cluster ports answer the
-workers, and refuse a connection from outside the cluster network (through the VM's NAT
-interface, forwarded from the control node: see `forwards` in molecule/kernel/molecule.yml).
+"""firewalld on real kernels: the master's cluster ports answer the workers and refuse a
+connection from outside the cluster network (through the VM's NAT interface, forwarded from
+the control node: see `forwards` in molecule/kernel/molecule.yml); a port the roles did not
+open is refused even to the cluster's own nodes.
 
 The workerpool port (refused to another worker) is checked by the packaged node tests
 (oqcluster/nodetests/test_cluster_network.py), which run here too."""
@@ -13,12 +14,14 @@ import socket
 from typing import Any
 
 import pytest
-from kernelprobes import python
+from kernelprobes import Listener, python
 
 from oqcluster.nodetests.cluster import can_connect as connect
 from oqcluster.nodetests.expect import expect
 
-FIX = "re-run site.yml --tags firewall; nft list table inet oqcluster"
+FIX = "re-run site.yml --tags firewall; firewall-cmd --zone=oqcluster --list-all"
+# a port no role opens (the engine's ports are 1907-1920 and 8800)
+UNOPENED_PORT = 1999
 GREETING = (
     "import socket\n"
     "s = socket.create_connection(({address!r}, {port}), timeout=5)\n"
@@ -72,3 +75,17 @@ def test_the_dbserver_port_refuses_addresses_outside_the_cluster(cluster: Any) -
     expect(not outside.startswith("ff"),
            f"from outside the cluster network (NAT side of {cluster.master}) port {port} "
            "refused", f"zmq greeting {outside}", FIX)
+
+
+@pytest.mark.usefixtures("on_master")
+def test_a_port_the_roles_did_not_open_is_refused_between_nodes(cluster: Any) -> None:
+    master_node = cluster.node(cluster.master)
+    address = cluster.address(cluster.master)
+    with Listener(master_node, UNOPENED_PORT):
+        ok, found = connect(master_node, address, UNOPENED_PORT)
+        expect(ok, f"the probe listener answers on {address}:{UNOPENED_PORT} on the master",
+               found, f"systemctl status oqcluster-kernel-probe-{UNOPENED_PORT}")
+        for worker in cluster.remote_workers():
+            ok, found = connect(cluster.node(worker), address, UNOPENED_PORT)
+            expect(not ok, f"{worker} -> {address}:{UNOPENED_PORT} (not opened) refused",
+                   found, "the firewall must reject what the roles did not open: " + FIX)
