@@ -140,6 +140,8 @@ def test_ganesha_never_lists_the_master(renderer: Any) -> None:
     assert re.findall(r"Clients = (.*);", text) == ["fd00::6", "fd00::6"]
     assert "Protocols = 4;" in text and "Squash = Root_Squash;" in text
     assert "Access_Type = RO;" in text and "Access_Type = RW" not in text
+    # no server-side attribute cache: the master writes datastores behind Ganesha's back
+    assert text.count("Attr_Expiration_Time = 0;") == 3 and "Dir_Chunk = 0;" in text
 
 
 def test_services_run_as_openquake_in_the_slice(renderer: Any) -> None:
