@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -49,7 +50,24 @@ def test_a_failing_calculation_keeps_its_traceback(config: Config, client) -> No
     assert errors and "bad site model" in errors[0]["message"]
 
 
-def test_an_abort_request_interrupts_the_running_calculation(config: Config, client) -> None:
+@pytest.mark.parametrize("inherited_sigint", ["python's handler", "ignored"])
+def test_an_abort_request_interrupts_the_running_calculation(
+    config: Config, client, inherited_sigint: str
+) -> None:
+    # `oqz run ... &` from a script starts with SIGINT ignored: abort must work all the same
+    previous = signal.getsignal(signal.SIGINT)
+    if inherited_sigint == "ignored":
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        _abort_a_running_calculation(config, client)
+        assert signal.getsignal(signal.SIGINT) == (
+            signal.SIG_IGN if inherited_sigint == "ignored" else previous
+        ), "the calculation did not restore the SIGINT handler it found"
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _abort_a_running_calculation(config: Config, client) -> None:
     started = time.monotonic()
     with (
         pytest.raises(CalculationAborted, match=r"aborted by `oqz abort`"),

@@ -206,23 +206,46 @@ def calculation(
     root = logging.getLogger()
     root.addHandler(calc._handler)
     calc._handler.start()
+    with _interruptible_by_abort():
+        try:
+            calc.wait_for_turn(config.serialize_jobs)
+            calc.set_status("executing")
+            log.info("calculation %d executing on %s", calc.id, socket.gethostname())
+            yield calc
+            calc.begin_closing()
+        except BaseException as exc:
+            calc.begin_closing()
+            _close_failed(calc, exc)
+            if calc.abort_requested and isinstance(exc, KeyboardInterrupt):
+                raise CalculationAborted(f"calculation {calc.id} aborted by `oqz abort`") from exc
+            raise
+        else:
+            _close(calc, "complete")
+        finally:
+            root.removeHandler(calc._handler)
+            client.close()
+
+
+@contextmanager
+def _interruptible_by_abort() -> Iterator[None]:
+    """Make sure the SIGINT of :meth:`Calculation.note_abort` raises KeyboardInterrupt.
+
+    A process started in the background by a script (`oqz run job &`) inherits SIGINT
+    ignored, and Python then installs no handler: the abort signal would be lost (or, with
+    the default action, kill the process before it closes the calculation).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if callable(previous):
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        calc.wait_for_turn(config.serialize_jobs)
-        calc.set_status("executing")
-        log.info("calculation %d executing on %s", calc.id, socket.gethostname())
-        yield calc
-        calc.begin_closing()
-    except BaseException as exc:
-        calc.begin_closing()
-        _close_failed(calc, exc)
-        if calc.abort_requested and isinstance(exc, KeyboardInterrupt):
-            raise CalculationAborted(f"calculation {calc.id} aborted by `oqz abort`") from exc
-        raise
-    else:
-        _close(calc, "complete")
+        yield
     finally:
-        root.removeHandler(calc._handler)
-        client.close()
+        signal.signal(signal.SIGINT, previous)
 
 
 def _close(calc: Calculation, status: str) -> None:
