@@ -234,11 +234,8 @@ def _interruptible_by_abort() -> Iterator[None]:
     ignored, and Python then installs no handler: the abort signal would be lost (or, with
     the default action, kill the process before it closes the calculation).
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     previous = signal.getsignal(signal.SIGINT)
-    if callable(previous):
+    if callable(previous) or threading.current_thread() is not threading.main_thread():
         yield
         return
     signal.signal(signal.SIGINT, signal.default_int_handler)
