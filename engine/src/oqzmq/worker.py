@@ -92,30 +92,45 @@ def stats_from_info(info: dict[str, Any]) -> dict[str, OperationStats]:
 
 
 class ReceiverSockets:
-    """PUSH sockets to calculations' receivers, one per endpoint, each with its own Signer."""
+    """PUSH sockets to calculations' receivers: one per endpoint, for the latest Starmap there.
+
+    The next Starmap may bind the same receiver port as soon as the last one released it;
+    a socket kept from the last one would sit in zmq's reconnect interval (100 ms) before
+    reaching the new one - most of the run time of a short Starmap. So a new Starmap token
+    on an endpoint gets a fresh socket, which connects at once, and the old one is closed
+    (its queued messages still go out: LINGER). A worker runs one task at a time, so a
+    task's messages all leave through one socket, in order.
+    """
 
     def __init__(self, context: zmq.Context, authkey: str) -> None:
         self._context = context
         self._authkey = authkey
-        self._sockets: OrderedDict[str, tuple[zmq.Socket, Signer]] = OrderedDict()
+        self._sockets: OrderedDict[str, tuple[zmq.Socket, Signer, str]] = OrderedDict()
 
-    def get(self, endpoint: str) -> tuple[zmq.Socket, Signer]:
-        if endpoint in self._sockets:
-            self._sockets.move_to_end(endpoint)
-            return self._sockets[endpoint]
+    def get(self, endpoint: str, token: str) -> tuple[zmq.Socket, Signer]:
+        cached = self._sockets.pop(endpoint, None)
+        if cached is not None and cached[2] != token:
+            cached[0].close()
+            cached = None
+        if cached is None:
+            signer = Signer(self._authkey, f"recv:{endpoint}")
+            cached = (self._connect(endpoint), signer, token)
+        self._sockets[endpoint] = cached  # most recently used last
+        while len(self._sockets) > MAX_RECEIVER_SOCKETS:
+            _, (old, _, _) = self._sockets.popitem(last=False)
+            old.close()
+        return cached[0], cached[1]
+
+    def _connect(self, endpoint: str) -> zmq.Socket:
         sock = self._context.socket(zmq.PUSH)
         sock.setsockopt(zmq.SNDHWM, RECEIVER_HWM)
         sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         sock.setsockopt(zmq.LINGER, 10_000)
         sock.connect(endpoint)
-        self._sockets[endpoint] = (sock, Signer(self._authkey, f"recv:{endpoint}"))
-        while len(self._sockets) > MAX_RECEIVER_SOCKETS:
-            _, (old, _) = self._sockets.popitem(last=False)
-            old.close()
-        return self._sockets[endpoint]
+        return sock
 
     def close(self) -> None:
-        for sock, _ in self._sockets.values():
+        for sock, _, _ in self._sockets.values():
             sock.close()
         self._sockets.clear()
 
@@ -150,7 +165,8 @@ class Outbox:
     def __init__(self, receivers: ReceiverSockets, pool_id: str) -> None:
         self.receivers = receivers
         self.pool_id = pool_id
-        self.pending: dict[str, list[tuple[tuple[Any, ...], Sequence[Buffer]]]] = {}
+        # keyed by (receiver endpoint, Starmap token); meta is (kind, token, ...)
+        self.pending: dict[tuple[str, str], list[tuple[tuple[Any, ...], Sequence[Buffer]]]] = {}
         self.nbytes = 0
         self.since = time.monotonic()
 
@@ -158,12 +174,12 @@ class Outbox:
         size = protocol.nbytes(frames)
         if size >= BATCH_BYTES:
             self.flush()  # keep the order of this task's messages
-            sock, signer = self.receivers.get(endpoint)
+            sock, signer = self.receivers.get(endpoint, meta[1])
             protocol.send(sock, signer, meta, frames)
             return
         if not self.pending:
             self.since = time.monotonic()
-        self.pending.setdefault(endpoint, []).append((meta, frames))
+        self.pending.setdefault((endpoint, meta[1]), []).append((meta, frames))
         self.nbytes += size
         if self.nbytes >= BATCH_BYTES:
             self.flush()
@@ -172,8 +188,8 @@ class Outbox:
         return bool(self.pending) and time.monotonic() - self.since >= FLUSH_SECONDS
 
     def flush(self) -> None:
-        for endpoint, messages in self.pending.items():
-            sock, signer = self.receivers.get(endpoint)
+        for (endpoint, token), messages in self.pending.items():
+            sock, signer = self.receivers.get(endpoint, token)
             entries = [(meta, len(frames)) for meta, frames in messages]
             body = [frame for _, frames in messages for frame in frames]
             protocol.send(sock, signer, ("batch", self.pool_id, entries), body)

@@ -159,7 +159,7 @@ class WorkerPool:
                 self._start_worker()
 
     def _report_lost(self, task: Task, reason: str) -> None:
-        sock, signer = self.receivers.get(task.endpoint)
+        sock, signer = self.receivers.get(task.endpoint, task.token)
         info = {"host": self.host, "pid": 0, "traceback": reason}
         if not protocol.send_nowait(sock, signer, ("lost", task.token, task.task_no,
                                                    self.pool_id, info)):
@@ -224,10 +224,10 @@ class WorkerPool:
                           [frame for t in batch for frame in t.body], envelope=[slot.ident])
 
     def _heartbeat(self) -> None:
-        endpoints = {t.endpoint for t in self.queue}
-        endpoints.update(t.endpoint for s in self.slots.values() for t in s.assigned)
-        for endpoint in endpoints:
-            sock, signer = self.receivers.get(endpoint)
+        receivers = {(t.endpoint, t.token) for t in self.queue}
+        receivers.update((t.endpoint, t.token) for s in self.slots.values() for t in s.assigned)
+        for endpoint, token in receivers:
+            sock, signer = self.receivers.get(endpoint, token)
             protocol.send_nowait(sock, signer, ("heartbeat", "", -1, self.pool_id))
 
     # --- handlers
