@@ -68,8 +68,10 @@ def test_receiver_ports_running_out_is_an_error_not_a_hang(config: Config) -> No
             smap = Starmap(square, distribute="zmq")
             smap.submit(1)
             alive.append(smap)
+        refused = Starmap(square, distribute="zmq")
         with pytest.raises(PortsExhausted, match=r"all receiver ports .* are in use"):
-            Starmap(square, distribute="zmq").submit(1)
+            refused.submit(1)
+        assert refused._context is not None and refused._context.closed  # nothing leaked
     finally:
         for smap in alive:
             list(smap)

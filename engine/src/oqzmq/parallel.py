@@ -245,7 +245,11 @@ class Starmap:
             self._pending.append((task_no, (*args, self.monitor)))
             return task_no
         if self._receiver is None:
-            self._open()
+            try:
+                self._open()
+            except BaseException:
+                self.shutdown()  # no socket or context left behind (PortsExhausted, ...)
+                raise
         pool = self._choose_pool(host)
         if pool.outstanding == 0:  # silence is measured from when it got work
             pool.last_heard = max(pool.last_heard, time.monotonic())
