@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -55,12 +56,23 @@ def test_least_recently_used_sockets_are_closed_beyond_the_limit(context: zmq.Co
     receivers.close()
 
 
+def bind_when_free(pull: zmq.Socket, endpoint: str) -> None:
+    """zmq releases a closed socket's port in its I/O thread, a moment after close()."""
+    for _ in range(100):
+        try:
+            pull.bind(endpoint)
+            return
+        except zmq.ZMQError:
+            time.sleep(0.05)
+    pull.bind(endpoint)  # raises the error if the port never came free
+
+
 def test_messages_reach_the_next_receiver_bound_on_the_same_port(context: zmq.Context) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     receivers = ReceiverSockets(context, AUTHKEY)
     for token in ("starmap-a", "starmap-b"):
         pull = context.socket(zmq.PULL)
-        pull.bind(endpoint)
+        bind_when_free(pull, endpoint)
         sock, signer = receivers.get(endpoint, token)
         protocol.send(sock, signer, ("result", token), [b"payload"])
         assert pull.poll(10_000), f"nothing arrived for {token}"
