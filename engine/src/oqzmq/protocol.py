@@ -56,24 +56,26 @@ PACK_LIMIT = 64 * 1024  # frames smaller than this are joined (copied); bigger o
 def encode(meta: Any, body: Sequence[Buffer] = ()) -> list[Buffer]:
     """The unsigned frames of a message: ``[meta, layout, *data]`` (see the module doc)."""
     data: list[Buffer] = []
-    layout = array("q")
+    layout: list[int] = []
     run: list[Buffer] = []
     run_length = 0
     for frame in body:
-        view = as_view(frame)
-        if view.nbytes >= PACK_LIMIT:
+        # bytes (most small frames: pickle streams) need no view; the rest get a flat one
+        view = frame if type(frame) is bytes else as_view(frame)
+        size = len(view) if type(view) is bytes else view.nbytes
+        if size >= PACK_LIMIT:
             if run:
                 data.append(b"".join(run))
                 run, run_length = [], 0
-            layout.extend((len(data), 0, view.nbytes))
+            layout += (len(data), 0, size)
             data.append(view)
         else:
-            layout.extend((len(data), run_length, view.nbytes))
+            layout += (len(data), run_length, size)
             run.append(view)
-            run_length += view.nbytes
+            run_length += size
     if run:
         data.append(b"".join(run))
-    return [pickle.dumps(meta, protocol=5), layout.tobytes(), *data]
+    return [pickle.dumps(meta, protocol=5), array("q", layout).tobytes(), *data]
 
 
 def decode(frames: Sequence[memoryview]) -> tuple[Any, list[memoryview]]:
@@ -84,8 +86,9 @@ def decode(frames: Sequence[memoryview]) -> tuple[Any, list[memoryview]]:
     if len(layout) % 3:
         raise ValueError("layout frame is not a list of (index, offset, length) triples")
     data = frames[2:]
-    body = [data[layout[i]][layout[i + 1]:layout[i + 1] + layout[i + 2]]
-            for i in range(0, len(layout), 3)]
+    triples = iter(layout.tolist())
+    body = [data[index][offset:offset + length]
+            for index, offset, length in zip(triples, triples, triples, strict=True)]
     return pickle.loads(frames[0]), body
 
 
