@@ -119,9 +119,12 @@ def _mac(channel_digest: Digest, header: Buffer, frames: Sequence[Buffer]) -> by
 
 def as_view(frame: Buffer) -> memoryview:
     """A flat byte view of a frame (bytes, memoryview, zmq.Frame, PickleBuffer), no copy."""
-    buffer = getattr(frame, "buffer", None)  # zmq.Frame
-    view = memoryview(buffer if buffer is not None else frame)
-    return view if view.contiguous and view.format == "B" else view.cast("B")
+    if type(frame) is memoryview:  # the common case: slices of received frames
+        view = frame
+    else:
+        buffer = getattr(frame, "buffer", None)  # zmq.Frame
+        view = memoryview(buffer if buffer is not None else frame)
+    return view if view.format == "B" and view.contiguous else view.cast("B")
 
 
 class Signer:

@@ -83,7 +83,8 @@ def _info(monitor: Monitor, host: str, start: float, nbytes: int, nresults: int)
         "memory_mb": peak_memory_mb(),
         "bytes": nbytes,
         "nresults": nresults,
-        "stats": {op: (s.time_sec, s.memory_mb, s.counts) for op, s in monitor.stats.items()},
+        "stats": {op: (s.time_sec, s.memory_mb, s.counts) for op, s in monitor.stats.items()}
+        if monitor.stats else {},
     }
 
 
