@@ -171,6 +171,19 @@ def dask_backend(cores: int) -> tuple[Mapper, Callable[[], None]]:
     return mapper, close
 
 
+def bare_zmq_backend(cores: int) -> tuple[Mapper, Callable[[], None]]:
+    from barezmq import BareFarm
+
+    farm = BareFarm(cores)
+
+    def mapper(func: Callable[..., Any], allargs: list[tuple[Any, ...]]) -> Iterator[Any]:
+        if func in (workloads.tiny, workloads.large):
+            return farm.map(func, allargs)
+        return _flatten(farm.map(workloads.hazard_list, allargs))  # the demo's generator task
+
+    return mapper, farm.close
+
+
 def _flatten(lists: Iterable[list[Any]]) -> Iterator[Any]:
     for items in lists:
         yield from items
@@ -261,6 +274,7 @@ def main() -> int:
         "openquake zmq": lambda: openquake_zmq_backend(args.cores),
         "multiprocessing": lambda: multiprocessing_backend(args.cores),
         "dask": lambda: dask_backend(args.cores),
+        "bare zmq (no MAC)": lambda: bare_zmq_backend(args.cores),
     }
     selected = args.only.split(",") if args.only else list(backends)
     sizes = tuple(s for s in args.demo_sizes.split(",") if s)
