@@ -16,23 +16,19 @@ from typing import Any
 
 import zmq
 
-STOP = b"stop"
-
 
 def worker(tasks_endpoint: str, results_endpoint: str) -> None:
+    """Run tasks until terminated by :meth:`BareFarm.close`."""
     context = zmq.Context()
     tasks = context.socket(zmq.PULL)
     tasks.connect(tasks_endpoint)
     results = context.socket(zmq.PUSH)
     results.connect(results_endpoint)
-    while (message := tasks.recv()) != STOP:
-        func, args = pickle.loads(message)
+    while True:
+        func, args = pickle.loads(tasks.recv())
         buffers: list[pickle.PickleBuffer] = []
         stream = pickle.dumps(func(*args), protocol=5, buffer_callback=buffers.append)
         results.send_multipart([stream, *(b.raw() for b in buffers)], copy=False)
-    results.close(linger=-1)
-    tasks.close()
-    context.term()
 
 
 class BareFarm:

@@ -63,9 +63,11 @@ def encode(meta: Any, body: Sequence[Buffer] = ()) -> list[Buffer]:
     run: list[Buffer] = []
     run_length = 0
     for frame in body:
-        # bytes (most small frames: pickle streams) need no view; the rest get a flat one
-        view = frame if type(frame) is bytes else as_view(frame)
-        size = len(view) if type(view) is bytes else view.nbytes
+        if type(frame) is bytes:  # most small frames (pickle streams): no view needed
+            view, size = frame, len(frame)
+        else:
+            view = as_view(frame)
+            size = view.nbytes
         if size >= PACK_LIMIT:
             if run:
                 data.append(b"".join(run))
