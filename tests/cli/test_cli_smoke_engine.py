@@ -32,8 +32,9 @@ pytestmark = pytest.mark.slow
 
 
 def free_ports(count: int) -> list[int]:
-    """`count` consecutive free TCP ports on 127.0.0.1."""
-    for base in range(42000, 60000, 97):
+    """`count` consecutive TCP ports on 127.0.0.1 that can be bound, below 32768 (the
+    ephemeral range, where outgoing connections and TCP self-connects take ports)."""
+    for base in range(22000 + os.getpid() % 100 * 97, 32000, 97):
         ports = list(range(base, base + count))
         if all(_free(port) for port in ports):
             return ports
@@ -42,7 +43,11 @@ def free_ports(count: int) -> list[int]:
 
 def _free(port: int) -> bool:
     with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def write_inventory(directory: Path) -> Path:

@@ -32,8 +32,9 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 def free_port_block(size: int, hosts: tuple[str, ...] = ("127.0.0.1", *HOSTS)) -> int:
     """The first port of ``size`` consecutive ports free on every host, below the ephemeral
-    range: the kernel gives those to outgoing connections, and one taken mid-session made
-    the test that binds every receiver port fail now and then."""
+    range: the kernel gives those to outgoing connections (and a socket reconnecting to a
+    closed port there can connect to itself), and one taken mid-session made the test that
+    binds every receiver port fail now and then."""
     for base in range(10000 + os.getpid() % 200 * 50, ephemeral_ports_start() - size, 50):
         if all(_free(host, port) for host in hosts for port in range(base, base + size)):
             return base

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 import zmq
+from conftest import free_port_block
 from oqzmq import protocol
 from oqzmq.auth import Verifier
 from oqzmq.worker import MAX_RECEIVER_SOCKETS, ReceiverSockets
@@ -20,12 +20,6 @@ def context() -> Iterator[zmq.Context]:
     ctx = zmq.Context()
     yield ctx
     ctx.destroy(linger=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_one_socket_per_endpoint_while_the_starmap_is_the_same(context: zmq.Context) -> None:
@@ -68,7 +62,7 @@ def bind_when_free(pull: zmq.Socket, endpoint: str) -> None:
 
 
 def test_messages_reach_the_next_receiver_bound_on_the_same_port(context: zmq.Context) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"tcp://127.0.0.1:{free_port_block(1, ('127.0.0.1',))}"
     receivers = ReceiverSockets(context, AUTHKEY)
     for token in ("starmap-a", "starmap-b"):
         pull = context.socket(zmq.PULL)
