@@ -59,9 +59,10 @@ def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_p
         for name in ("unsigned", "wrong key", "truncated", "replayed"):
             marker = tmp_path / name.replace(" ", "-")
             markers[name] = marker
-            body = [pickle.dumps((touch, "touch")), *protocol.dumps((str(marker),))]
+            body = [*protocol.dumps((str(marker),))]
             body.append(pickle.dumps(Exploit(tmp_path / f"unpickled-{name}")))
-            meta = ("submit", "attack", reply_endpoint, [(0, len(body))])
+            func = pickle.dumps((touch, "touch"))
+            meta = ("submit", "attack", reply_endpoint, func, [0], [len(body)])
             message = attacks(f"ctrl:{endpoint}", meta, body)
             if name == "replayed":
                 attacker.send_multipart(message["replay-original"])
@@ -98,14 +99,14 @@ def test_receiver_rejects_bad_messages(
     context = zmq.Context()
     attacker = context.socket(zmq.PUSH)
     attacker.connect(smap.endpoint)
-    info = {"host": "evil", "pid": 1, "time": 0, "memory_mb": 0, "bytes": 0, "nresults": 1}
+    report = (0.0, 0, 1, None, None)
     try:
         for name in ("unsigned", "wrong key", "truncated", "replayed"):
-            meta = ("last", smap.token, 0, "evil", info)
+            meta = ("batch", "evil", smap.token, "evil", 1, 0.0, [("last", 0, 1, report)])
             body = [pickle.dumps(Exploit(tmp_path / f"unpickled-{name}"))]
             message = attacks(channel, meta, body)
             if name == "replayed":  # a genuine (keyed) heartbeat, then the same bytes again
-                message = attacks(channel, ("heartbeat", "", -1, "x"), [])
+                message = attacks(channel, ("heartbeat", "x"), [])
                 attacker.send_multipart(message["replay-original"])
             attacker.send_multipart(message[name])
         with caplog.at_level(logging.WARNING, logger="oqzmq.protocol"):

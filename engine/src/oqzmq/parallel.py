@@ -39,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,14 +50,15 @@ from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.config import Config, load_config
 from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
 from oqzmq.monitor import Monitor, OperationStats, TaskRecord, peak_memory_mb
-from oqzmq.worker import execute, stats_from_info, task_name
+from oqzmq.worker import Report, execute, stats_from_report, task_name
 
 log = logging.getLogger(__name__)
 
 POOL_TIMEOUT = float(os.environ.get("OQ_POOL_TIMEOUT", "10"))
 PING_TIMEOUT = 5.0
-# Tasks submitted together travel together (fewer, larger messages for tiny tasks).
-BATCH_TASKS = 64
+# Tasks submitted together travel together (fewer, larger messages for tiny tasks; see
+# oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than).
+BATCH_TASKS = 256
 BATCH_BYTES = 1 << 20
 BURST_GAP = 0.002
 
@@ -78,6 +79,7 @@ class PoolHandle:
     outbox_bytes: int = 0
     token: str = ""  # the Starmap whose tasks go through this handle
     reply_endpoint: str = ""
+    func: bytes = b""  # its pickled task function and monitor name
     last_flush: float = 0.0
 
     @property
@@ -94,12 +96,14 @@ class PoolHandle:
             self.flush_tasks()
 
     def flush_tasks(self) -> None:
-        """Send the queued tasks in one message: ("submit", token, endpoint, [(no, nframes)])."""
+        """Send the queued tasks in one message (see :mod:`oqzmq.workerpool`)."""
         if not self.outbox:
             return
-        index = [(task_no, len(frames)) for task_no, frames in self.outbox]
+        task_nos = [task_no for task_no, _ in self.outbox]
+        nframes = [len(frames) for _, frames in self.outbox]
         body = [frame for _, frames in self.outbox for frame in frames]
-        self.send(("submit", self.token, self.reply_endpoint, index), body)
+        self.send(("submit", self.token, self.reply_endpoint, self.func, task_nos, nframes),
+                  body)
         self.outbox.clear()
         self.outbox_bytes = 0
         self.last_flush = time.monotonic()
@@ -255,8 +259,7 @@ class Starmap:
             pool.last_heard = max(pool.last_heard, time.monotonic())
         pool.outstanding += 1
         self._outstanding[task_no] = pool
-        # frame 0: the function and monitor name, pickled once per Starmap (workers cache it)
-        pool.queue_task(task_no, [self._func_frame, *protocol.dumps(args)])
+        pool.queue_task(task_no, protocol.dumps(args))
         return task_no
 
     def _choose_pool(self, host: str | None) -> PoolHandle:
@@ -295,7 +298,7 @@ class Starmap:
             raise UserError(f"unknown distribution mode {self.distribute!r}")
         self._verifier = Verifier(authkey, f"recv:{self.endpoint}")
         for pool in self._pools:
-            pool.token, pool.reply_endpoint = self.token, self.endpoint
+            pool.token, pool.reply_endpoint, pool.func = self.token, self.endpoint, self._func_frame
         silent = ping_pools(self._pools, timeout)
         if silent:
             names = ", ".join(f"{p.host} ({p.endpoint})" for p in silent)
@@ -350,14 +353,15 @@ class Starmap:
             args = (*args[:-1], self.monitor.child())  # as a worker would get it
             results: list[Any] = []
 
-            def emit(kind: str, info: dict[str, Any] | None, frames: list[Buffer],
+            def emit(kind: str, report: Report | None, frames: Sequence[Buffer], size: int,
                      task_no: int = task_no, results: list[Any] = results) -> None:
                 if frames:
                     results.append(protocol.loads(frames))
-                if info is not None:
-                    self._finish(task_no, kind, info, "in-process")
+                if report is not None:
+                    self._finish(task_no, kind, report, "localhost", os.getpid(),
+                                 peak_memory_mb())
 
-            execute(self.func, args, "localhost", emit)
+            execute(self.func, args, emit)
             yield from results
 
     def _iter_remote(self) -> Iterator[Any]:
@@ -373,28 +377,28 @@ class Starmap:
             if not self._receiver.poll(250):
                 continue
             message = protocol.recv(self._receiver, self._verifier)
-            if message is None:
-                continue
-            if message.meta[0] == "batch":
-                _, pool_id, entries = message.meta
-                self._heard(pool_id)
-                offset = 0
-                for meta, nframes in entries:
-                    yield from self._handle(meta, message.body[offset:offset + nframes])
-                    offset += nframes
-            else:
-                self._heard(message.meta[3])
-                yield from self._handle(message.meta, message.body)
+            if message is not None:
+                yield from self._handle(message)
 
-    def _handle(self, meta: tuple[Any, ...], body: list[memoryview]) -> Iterator[Any]:
-        """One message of a task: "result", "last", "end", "error", "lost" or "heartbeat"."""
-        kind, token, task_no, pool_id = meta[:4]
-        if token != self.token or kind == "heartbeat" or task_no in self._done:
+    def _handle(self, message: protocol.Received) -> Iterator[Any]:
+        """A "batch" of task messages, or a workerpool's "heartbeat" (see oqzmq.worker)."""
+        if message.meta[0] == "heartbeat":
+            self._heard(message.meta[1])
             return
-        if kind in ("result", "last"):
-            yield protocol.loads(body)
-        if kind != "result":
-            self._finish(task_no, kind, meta[4], pool_id)
+        _, pool_id, token, host, pid, memory_mb, entries = message.meta
+        self._heard(pool_id)
+        if token != self.token:
+            return
+        body, offset = message.body, 0
+        for kind, task_no, nframes, report in entries:
+            if task_no in self._done:  # e.g. a result after its task was reported lost
+                offset += nframes
+                continue
+            if kind == "result" or kind == "last":
+                yield protocol.loads(body[offset:offset + nframes])
+            offset += nframes
+            if kind != "result":
+                self._finish(task_no, kind, report, host, pid, memory_mb)
 
     def _heard(self, pool_id: str) -> None:
         now = time.monotonic()
@@ -414,22 +418,21 @@ class Starmap:
                     "`oqz workers status`"
                 )
 
-    def _finish(self, task_no: int, kind: str, info: dict[str, Any], pool_id: str) -> None:
+    def _finish(self, task_no: int, kind: str, report: Report, host: str, pid: int,
+                memory_mb: float) -> None:
         pool = self._outstanding.pop(task_no, None)
         if pool is not None:
             pool.outstanding -= 1
         self._done.add(task_no)
-        host = info.get("host", pool.host if pool else "?")
-        if kind in ("error", "lost"):
-            error = WorkerLost if kind == "lost" else TaskError
-            raise error(
-                f"task {self.name}#{task_no} failed on host {host} (pid {info.get('pid')}):\n"
-                f"{info.get('traceback', '').rstrip()}"
-            )
-        if info.get("stats"):
-            self.monitor.merge(stats_from_info(info))
-        self.monitor.add_task(TaskRecord(task_no, self.name, host, info["pid"], info["time"],
-                                         info["memory_mb"], info["bytes"], info["nresults"]))
+        time_sec, nbytes, nresults, stats, error = report
+        if kind == "error" or kind == "lost":
+            exception = WorkerLost if kind == "lost" else TaskError
+            raise exception(f"task {self.name}#{task_no} failed on host {host} (pid {pid}):\n"
+                            f"{(error or '').rstrip()}")
+        if stats:
+            self.monitor.merge(stats_from_report(stats))
+        self.monitor.add_task(TaskRecord(task_no, self.name, host, pid, time_sec, memory_mb,
+                                         nbytes, nresults))
 
     # --- ending
     def shutdown(self) -> None:

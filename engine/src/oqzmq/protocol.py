@@ -83,18 +83,14 @@ def encode(meta: Any, body: Sequence[Buffer] = ()) -> list[Buffer]:
     return [pickle.dumps(meta, protocol=5), array("q", layout).tobytes(), *data]
 
 
-def decode(frames: Sequence[memoryview]) -> tuple[Any, list[memoryview]]:
-    """Inverse of :func:`encode` on verified frames: (meta, logical body frames)."""
-    if len(frames) < 2:
-        raise ValueError(f"message has {len(frames)} frame(s), expected meta and layout")
-    layout = frames[1].cast("q")
-    if len(layout) % 3:
+def decode_body(layout: memoryview, data: Sequence[memoryview]) -> list[memoryview]:
+    """The logical body frames of verified ``layout`` and ``data`` frames (zero-copy slices)."""
+    triples = layout.cast("q")
+    if len(triples) % 3:
         raise ValueError("layout frame is not a list of (index, offset, length) triples")
-    data = frames[2:]
-    triples = iter(layout.tolist())
-    body = [data[index][offset:offset + length]
-            for index, offset, length in zip(triples, triples, triples, strict=True)]
-    return pickle.loads(frames[0]), body
+    numbers = iter(triples.tolist())
+    return [data[index][offset:offset + length]
+            for index, offset, length in zip(numbers, numbers, numbers, strict=True)]
 
 
 def send(
@@ -106,6 +102,19 @@ def send(
 ) -> None:
     """Sign and send ``meta`` (pickled here) followed by the already-pickled ``body`` frames."""
     sock.send_multipart([*envelope, *signer.sign(encode(meta, body))], copy=False)
+
+
+def send_encoded(
+    sock: zmq.Socket,
+    signer: Signer,
+    meta: Any,
+    layout: Buffer,
+    data: Sequence[Buffer],
+    envelope: Sequence[bytes] = (),
+) -> None:
+    """Like :func:`send` for a body already encoded as ``layout`` and ``data`` (forwarding)."""
+    frames = [pickle.dumps(meta, protocol=5), layout, *data]
+    sock.send_multipart([*envelope, *signer.sign(frames)], copy=False)
 
 
 def send_nowait(
@@ -120,14 +129,27 @@ def send_nowait(
 
 
 class Received:
-    """An authenticated message: ``meta`` unpickled, ``body`` frames still raw."""
+    """An authenticated message: ``meta`` unpickled, body frames still raw.
 
-    __slots__ = ("body", "envelope", "meta")
+    ``body`` (the logical frames) is decoded on first use; a workerpool forwards tasks from
+    ``layout`` and ``data`` as they came, without decoding them.
+    """
 
-    def __init__(self, envelope: list[bytes], meta: Any, body: list[memoryview]) -> None:
+    __slots__ = ("_body", "data", "envelope", "layout", "meta")
+
+    def __init__(self, envelope: list[bytes], meta: Any, layout: memoryview,
+                 data: list[memoryview]) -> None:
         self.envelope = envelope
         self.meta = meta
-        self.body = body
+        self.layout = layout
+        self.data = data
+        self._body: list[memoryview] | None = None
+
+    @property
+    def body(self) -> list[memoryview]:
+        if self._body is None:
+            self._body = decode_body(self.layout, self.data)
+        return self._body
 
     def payload(self) -> Any:
         return loads(self.body)
@@ -141,14 +163,18 @@ def recv(sock: zmq.Socket, verifier: Verifier, envelope: int = 0) -> Received | 
     frames = sock.recv_multipart(copy=False)
     head, signed = frames[:envelope], frames[envelope:]
     try:
-        meta, body = decode(verifier.verify(signed))
+        verified = verifier.verify(signed)
     except AuthError as exc:
         log.warning("rejected message on %s from %s: %s", verifier.channel, peer(frames), exc)
         return None
+    try:
+        if len(verified) < 2:
+            raise ValueError(f"message has {len(verified)} frame(s), expected meta and layout")
+        meta = pickle.loads(verified[0])
     except Exception as exc:  # an authentic peer with a bug: log, never crash
         log.error("undecodable authenticated message on %s: %r", verifier.channel, exc)
         return None
-    return Received([bytes(frame.bytes) for frame in head], meta, body)
+    return Received([bytes(frame.bytes) for frame in head], meta, verified[1], verified[2:])
 
 
 def peer(frames: Sequence[zmq.Frame]) -> str:

@@ -6,21 +6,29 @@ turning an exception into an error report that names the task and the host. The 
 :class:`oqzmq.parallel.Starmap` calls it in-process; worker processes call it for tasks
 received from their workerpool and send what it emits straight to the calculation's receiver.
 
-Messages a worker sends to a receiver (``meta`` tuples, see :mod:`oqzmq.protocol`)::
+What a worker sends to a receiver (``meta`` of a :mod:`oqzmq.protocol` message)::
 
-    ("result", token, task_no, pool_id)        body: one partial result of a generator task
-    ("last",   token, task_no, pool_id, info)  body: the return value of a plain task
-    ("end",    token, task_no, pool_id, info)  a generator task finished
-    ("error",  token, task_no, pool_id, info)  info["traceback"] says what went wrong
+    ("batch", pool_id, token, host, pid, memory_mb, [(kind, task_no, nframes, report), ...])
 
-``info`` is a dict: host, pid, time, memory_mb, bytes, nresults, stats (the named blocks).
-Small messages leave together as ``("batch", pool_id, [(meta, nframes), ...])`` (see
-:class:`Outbox`); big partial results leave at once, alone.
+one entry per task message, their body frames one after the other (``nframes`` each)::
+
+    kind "result"  body: one partial result of a generator task (report None)
+         "last"    body: the return value of a plain task
+         "end"     a generator task finished
+         "error"   the task raised: the report's traceback says what and where
+         "lost"    (sent by a workerpool) the task will not run: the traceback says why
+    report = (time_sec, bytes, nresults, stats, traceback)
+             stats: {block: (time_sec, memory_mb, counts)} of the task's named blocks, or None
+
+``memory_mb`` is the peak resident memory of the process that ran the tasks, when the message
+left. Small messages wait to leave together (see :class:`Outbox`); a big partial result
+leaves at once, alone. Plain tuples, not dicts or named tuples: they are the cheapest to
+pickle, and tiny tasks pay for every byte of them. A workerpool also sends
+``("heartbeat", pool_id)`` while it holds tasks for a receiver.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import pickle
@@ -28,6 +36,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from types import GeneratorType
 from typing import Any
 
 import zmq
@@ -38,7 +47,11 @@ from oqzmq.monitor import Monitor, OperationStats, peak_memory_mb
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[str, dict[str, Any] | None, Sequence[Buffer]], None]
+# (time_sec, bytes, nresults, stats, traceback): see the module doc
+Report = tuple[float, int, int, dict[str, tuple[float, float, int]] | None, str | None]
+Entry = tuple[str, int, int, Report | None]  # kind, task_no, nframes, report
+# emit(kind, report, frames, their size in bytes)
+Emit = Callable[[str, Report | None, Sequence[Buffer], int], None]
 # Sending to a receiver blocks at most this long when it stops reading (calculation gone).
 SEND_TIMEOUT_MS = 120_000
 RECEIVER_HWM = 64
@@ -51,45 +64,48 @@ def task_name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
 
 
-def execute(func: Callable[..., Any], args: Sequence[Any], host: str, emit: Emit) -> None:
+def execute(func: Callable[..., Any], args: Sequence[Any], emit: Emit) -> None:
     """Run ``func(*args)`` (the last arg is the Monitor) and emit its results and its report."""
     monitor = args[-1] if args and isinstance(args[-1], Monitor) else Monitor(task_name(func))
     start = time.perf_counter()
     nbytes = nresults = 0
     try:
         result = func(*args)
-        if inspect.isgenerator(result):
+        if isinstance(result, GeneratorType):
             for value in result:
                 frames = protocol.dumps(value)
-                nbytes += protocol.nbytes(frames)
+                size = protocol.nbytes(frames)
+                nbytes += size
                 nresults += 1
-                emit("result", None, frames)
-            emit("end", _info(monitor, host, start, nbytes, nresults), ())
+                emit("result", None, frames, size)
+            emit("end", _report(monitor, start, nbytes, nresults), (), 0)
         else:
             frames = protocol.dumps(result)
-            info = _info(monitor, host, start, protocol.nbytes(frames), 1)
-            emit("last", info, frames)
+            size = protocol.nbytes(frames)
+            emit("last", _report(monitor, start, size, 1), frames, size)
     except Exception:
-        info = _info(monitor, host, start, nbytes, nresults)
-        info["traceback"] = traceback.format_exc()
-        emit("error", info, ())
+        emit("error", _report(monitor, start, nbytes, nresults, traceback.format_exc()), (), 0)
 
 
-def _info(monitor: Monitor, host: str, start: float, nbytes: int, nresults: int) -> dict[str, Any]:
-    return {
-        "host": host,
-        "pid": os.getpid(),
-        "time": time.perf_counter() - start,
-        "memory_mb": peak_memory_mb(),
-        "bytes": nbytes,
-        "nresults": nresults,
-        "stats": {op: (s.time_sec, s.memory_mb, s.counts) for op, s in monitor.stats.items()}
-        if monitor.stats else {},
-    }
+def _report(monitor: Monitor, start: float, nbytes: int, nresults: int,
+            error: str | None = None) -> Report:
+    stats = {op: (s.time_sec, s.memory_mb, s.counts) for op, s in monitor.stats.items()}
+    return (time.perf_counter() - start, nbytes, nresults, stats or None, error)
 
 
-def stats_from_info(info: dict[str, Any]) -> dict[str, OperationStats]:
-    return {op: OperationStats(t, m, c) for op, (t, m, c) in info.get("stats", {}).items()}
+def failure_report(reason: str) -> Report:
+    """The report of a task that could not run (``reason`` in place of a traceback)."""
+    return (0.0, 0, 0, None, reason)
+
+
+def batch_meta(pool_id: str, token: str, host: str, pid: int, memory_mb: float,
+               entries: list[Entry]) -> tuple[Any, ...]:
+    """The meta of a message to a receiver (see the module doc)."""
+    return ("batch", pool_id, token, host, pid, memory_mb, entries)
+
+
+def stats_from_report(stats: dict[str, tuple[float, float, int]]) -> dict[str, OperationStats]:
+    return {op: OperationStats(t, m, c) for op, (t, m, c) in stats.items()}
 
 
 class ReceiverSockets:
@@ -139,20 +155,18 @@ class ReceiverSockets:
 _FUNCTIONS: OrderedDict[bytes, tuple[Callable[..., Any], Monitor]] = OrderedDict()
 
 
-def _function(frame: memoryview) -> tuple[Callable[..., Any], Monitor]:
-    """The task function of a task frame (unpickled once per Starmap) and a Monitor for it.
+def _function(pickled: bytes) -> tuple[Callable[..., Any], Monitor]:
+    """The task function (unpickled once per calculation) and a Monitor for it.
 
     The Monitor is reused by the tasks of that function (they run one after the other in
-    this process) with its measurements reset, which is what a fresh one would give.
+    this process): :func:`_run_one` resets its measurements, which is what a fresh one gives.
     """
-    key = bytes(frame)
-    found = _FUNCTIONS.get(key)
+    found = _FUNCTIONS.get(pickled)
     if found is None:
-        func, operation = pickle.loads(key)
-        found = _FUNCTIONS[key] = (func, Monitor(operation))
+        func, operation = pickle.loads(pickled)
+        found = _FUNCTIONS[pickled] = (func, Monitor(operation))
         if len(_FUNCTIONS) > 256:
             _FUNCTIONS.popitem(last=False)
-    found[1].stats = {}
     return found
 
 
@@ -163,24 +177,28 @@ class Outbox:
     the rest is flushed when FLUSH_SECONDS have passed, so only tiny tasks are batched.
     """
 
-    def __init__(self, receivers: ReceiverSockets, pool_id: str) -> None:
+    def __init__(self, receivers: ReceiverSockets, pool_id: str, host: str) -> None:
         self.receivers = receivers
         self.pool_id = pool_id
-        # keyed by (receiver endpoint, Starmap token); meta is (kind, token, ...)
-        self.pending: dict[tuple[str, str], list[tuple[tuple[Any, ...], Sequence[Buffer]]]] = {}
+        self.host = host
+        self.pid = os.getpid()
+        # keyed by (receiver endpoint, Starmap token)
+        self.pending: dict[tuple[str, str], tuple[list[Entry], list[Buffer]]] = {}
         self.nbytes = 0
         self.since = time.monotonic()
 
-    def add(self, endpoint: str, meta: tuple[Any, ...], frames: Sequence[Buffer]) -> None:
-        size = protocol.nbytes(frames)
+    def add(self, endpoint: str, token: str, entry: Entry, frames: Sequence[Buffer],
+            size: int) -> None:
+        """Queue (or send) one task message; ``size``: its frames' bytes."""
         if size >= BATCH_BYTES:
             self.flush()  # keep the order of this task's messages
-            sock, signer = self.receivers.get(endpoint, meta[1])
-            protocol.send(sock, signer, meta, frames)
+            self._send(endpoint, token, [entry], frames)
             return
         if not self.pending:
             self.since = time.monotonic()
-        self.pending.setdefault((endpoint, meta[1]), []).append((meta, frames))
+        entries, body = self.pending.setdefault((endpoint, token), ([], []))
+        entries.append(entry)
+        body += frames
         self.nbytes += size
         if self.nbytes >= BATCH_BYTES:
             self.flush()
@@ -189,14 +207,16 @@ class Outbox:
         return bool(self.pending) and time.monotonic() - self.since >= FLUSH_SECONDS
 
     def flush(self) -> None:
-        for (endpoint, token), messages in self.pending.items():
-            sock, signer = self.receivers.get(endpoint, token)
-            entries = [(meta, len(frames)) for meta, frames in messages]
-            body = [frame for _, frames in messages for frame in frames]
-            protocol.send(sock, signer, ("batch", self.pool_id, entries), body)
+        for (endpoint, token), (entries, body) in self.pending.items():
+            self._send(endpoint, token, entries, body)
         self.pending.clear()
         self.nbytes = 0
 
+    def _send(self, endpoint: str, token: str, entries: list[Entry],
+              body: Sequence[Buffer]) -> None:
+        sock, signer = self.receivers.get(endpoint, token)
+        meta = batch_meta(self.pool_id, token, self.host, self.pid, peak_memory_mb(), entries)
+        protocol.send(sock, signer, meta, body)
 
 
 def worker_main(
@@ -221,7 +241,7 @@ def worker_main(
     to_pool = Signer(authkey, f"pool:{pool_endpoint}")
     from_pool = Verifier(authkey, f"worker:{pool_endpoint}")
     receivers = ReceiverSockets(context, authkey)
-    outbox = Outbox(receivers, pool_id)
+    outbox = Outbox(receivers, pool_id, host)
     parent = os.getppid()
     protocol.send(dealer, to_pool, ("ready", os.getpid()))
     try:
@@ -243,42 +263,54 @@ def worker_main(
 def _run_batch(
     message: protocol.Received, host: str, outbox: Outbox, dealer: zmq.Socket, to_pool: Signer
 ) -> None:
-    """Run the tasks of one ("tasks", index) message; report them done as results leave."""
-    done, busy, offset = 0, 0.0, 0
-    for token, task_no, endpoint, nframes in message.meta[1]:
-        started = time.perf_counter()
-        _run_one(token, task_no, endpoint, message.body[offset:offset + nframes], host, outbox)
-        offset += nframes
+    """Run the tasks of one ("tasks", ...) message; report them done as results leave."""
+    _, token, endpoint, pickled_func, task_nos, nframes = message.meta
+    body = message.body
+    try:
+        func, monitor = _function(pickled_func)
+    except Exception:
+        report = failure_report(_unpickling_hint(host) + traceback.format_exc())
+        for task_no in task_nos:
+            outbox.add(endpoint, token, ("error", task_no, 0, report), (), 0)
+        outbox.flush()
+        protocol.send(dealer, to_pool, ("done", len(task_nos), 0.0))
+        return
+    done, offset, started = 0, 0, time.perf_counter()
+    for task_no, count in zip(task_nos, nframes, strict=True):
+        _run_one(func, monitor, body[offset:offset + count], host, outbox, endpoint, token,
+                 task_no)
+        offset += count
         done += 1
-        busy += time.perf_counter() - started
         if outbox.due() or not outbox.pending:
             outbox.flush()
-            protocol.send(dealer, to_pool, ("done", done, busy))
-            done, busy = 0, 0.0
+            now = time.perf_counter()
+            protocol.send(dealer, to_pool, ("done", done, now - started))
+            done, started = 0, now
     outbox.flush()
     if done:
-        protocol.send(dealer, to_pool, ("done", done, busy))
+        protocol.send(dealer, to_pool, ("done", done, time.perf_counter() - started))
 
 
 def _run_one(
-    token: str, task_no: int, endpoint: str, body: list[memoryview], host: str, outbox: Outbox
+    func: Callable[..., Any], monitor: Monitor, frames: list[memoryview], host: str,
+    outbox: Outbox, endpoint: str, token: str, task_no: int,
 ) -> None:
-    def emit(kind: str, info: dict[str, Any] | None, frames: Sequence[Buffer]) -> None:
-        meta = (kind, token, task_no, outbox.pool_id) if info is None else (
-            kind, token, task_no, outbox.pool_id, info)
-        outbox.add(endpoint, meta, frames)
+    def emit(kind: str, report: Report | None, frames: Sequence[Buffer], size: int) -> None:
+        outbox.add(endpoint, token, (kind, task_no, len(frames), report), frames, size)
 
+    monitor.stats = {}
     try:
-        func, monitor = _function(body[0])
-        args = (*protocol.loads(body[1:]), monitor)
+        args = (*protocol.loads(frames), monitor)
     except Exception:
-        hint = (f"cannot unpickle the task on host {host}: its function and arguments must be "
-                "importable there (tasks defined in a script's __main__ work in processpool "
-                "mode only; install the module on every worker)\n")
-        info = {"host": host, "pid": os.getpid(), "traceback": hint + traceback.format_exc()}
-        emit("error", info, ())
+        emit("error", failure_report(_unpickling_hint(host) + traceback.format_exc()), (), 0)
         return
     try:
-        execute(func, args, host, emit)
+        execute(func, args, emit)
     except zmq.Again:
         log.error("receiver %s stopped reading: task %s#%d abandoned", endpoint, token, task_no)
+
+
+def _unpickling_hint(host: str) -> str:
+    return (f"cannot unpickle the task on host {host}: its function and arguments must be "
+            "importable there (tasks defined in a script's __main__ work in processpool "
+            "mode only; install the module on every worker)\n")

@@ -7,16 +7,19 @@ secret comes from openquake.cfg (``[dbserver] authkey``), or from standard input
 
 Control messages (``meta`` tuples from a master's DEALER; every one authenticated)::
 
-    ("submit", token, reply_endpoint, [(task_no, nframes), ...])
-                              body: each task's pickled (func, args) frames - queued, no reply
+    ("submit", token, reply_endpoint, func, [task_no, ...], [nframes, ...])
+                              func: the pickled task function; body: the pickled arguments
+                              of each task, nframes frames each - queued, no reply
     ("cancel", token)         drop the queued tasks of a calculation
     ("ping",) ("status",) ("inspect",)     replies: see _reply_*
     ("stop",)                 finish running tasks, then exit
     ("kill",)                 kill the worker processes now (their tasks are reported lost)
 
-Tasks go to worker processes in batches, up to a prefetch depth that adapts to the observed
-task duration (deep for tiny tasks, so messages carry many; shallow for long ones, so no
-worker hoards work); workers report finished tasks with "done". Every ``HEARTBEAT`` seconds
+Tasks go to worker processes in batches, ``("tasks", token, reply_endpoint, func, task_nos,
+nframes)``, their frames forwarded as the master encoded them (never unpickled here), up to a
+prefetch depth that adapts to the observed task duration (deep for tiny tasks, so messages
+carry many; shallow for long ones, so no worker hoards work); workers report finished tasks
+with "done". Every ``HEARTBEAT`` seconds
 the pool tells each receiver with tasks here that it is alive; a worker process that dies
 turns its running task into a "lost" report naming the task, host and signal, its
 queued-but-unstarted tasks go to other workers, and a new worker process replaces it.
@@ -34,38 +37,124 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from oqzmq import protocol
 from oqzmq.auth import Signer, Verifier
 from oqzmq.config import ConfigError, load_config
 from oqzmq.sdnotify import notify
-from oqzmq.worker import ReceiverSockets, worker_main
+from oqzmq.worker import ReceiverSockets, batch_meta, failure_report, worker_main
 
 log = logging.getLogger("oqzmq.workerpool")
 
-PREFETCH_SHORT = 64  # tasks per worker when tasks take less than SHORT_TASK seconds,
-SLICE_SHORT = 16  # sent in slices, so the next slice waits while a worker runs the current
-PREFETCH_LONG = 2
-SHORT_TASK = 0.02
+# Tasks a worker process holds (running and sent ahead): PREFETCH_SECONDS of work at the
+# observed task duration. Tiny tasks travel hundreds to a message (every message costs the
+# sender and the receiver some 0.1 ms of CPU, system calls and wake-ups, on a VM); long ones
+# are not hoarded by one worker while another idles.
+PREFETCH_SECONDS = 0.05
+PREFETCH_MIN = 2
+PREFETCH_MAX = 256
 HEARTBEAT = 1.0
 CHECK_CHILDREN = 0.2
 
 
 @dataclass
-class Task:
-    token: str
-    task_no: int
-    endpoint: str
-    body: list[memoryview]
+class Batch:
+    """Tasks of one calculation as the master encoded them (see :mod:`oqzmq.protocol`).
 
-    @property
-    def key(self) -> str:
-        return f"{self.token[:8]}#{self.task_no}"
+    The pool never unpickles a task: it forwards a batch to a worker as it came, or splits
+    it where a worker should get fewer tasks, by slicing its layout, never its bytes' meaning.
+    """
+
+    token: str
+    endpoint: str
+    func: bytes  # the pickled task function, the same for every task of a calculation
+    task_nos: list[int]
+    nframes: list[int]  # logical body frames per task
+    layout: np.ndarray  # (sum(nframes), 3) int64: data frame index, offset, length
+    data: list[memoryview]
+
+    def __len__(self) -> int:
+        return len(self.task_nos)
+
+    def task_keys(self) -> list[str]:
+        return [f"{self.token[:8]}#{task_no}" for task_no in self.task_nos]
+
+    def split(self, count: int) -> tuple[Batch, Batch]:
+        """The first ``count`` tasks and the rest, as two batches (frames shared, not copied)."""
+        frames = sum(self.nframes[:count])
+        head = Batch(self.token, self.endpoint, self.func, self.task_nos[:count],
+                     self.nframes[:count], self.layout[:frames], self.data)
+        tail = Batch(self.token, self.endpoint, self.func, self.task_nos[count:],
+                     self.nframes[count:], self.layout[frames:], self.data)
+        return head, tail
+
+    def encoded(self) -> tuple[bytes, list[memoryview]]:
+        """Layout and data frames of just these tasks: the data frames they use, the first
+        and last cut to the bytes they use, so a worker receives nothing it does not run."""
+        layout = self.layout.copy()
+        (first, start), (last, end) = layout[0, :2], layout[-1, :2]
+        end += layout[-1, 2]
+        if first == last:
+            data = [self.data[first][start:end]]
+        else:
+            data = [self.data[first][start:], *self.data[first + 1:last], self.data[last][:end]]
+        layout[layout[:, 0] == first, 1] -= start
+        layout[:, 0] -= first
+        return layout.tobytes(), data
+
+
+class BatchQueue:
+    """Batches in order, and how many tasks they hold (``len``), taken task by task."""
+
+    def __init__(self) -> None:
+        self._batches: deque[Batch] = deque()
+        self._tasks = 0
+
+    def __len__(self) -> int:
+        return self._tasks
+
+    def __iter__(self) -> Iterator[Batch]:
+        return iter(self._batches)
+
+    def append(self, batch: Batch) -> None:
+        self._batches.append(batch)
+        self._tasks += len(batch)
+
+    def prepend(self, batches: Iterable[Batch]) -> None:
+        """Put ``batches`` (in their order) in front of the queue."""
+        for batch in reversed(list(batches)):
+            self._batches.appendleft(batch)
+            self._tasks += len(batch)
+
+    def take(self, count: int) -> Batch:
+        """The first ``count`` tasks (fewer if the first batch holds fewer), as one batch."""
+        batch = self._batches.popleft()
+        if len(batch) > count:
+            batch, rest = batch.split(count)
+            self._batches.appendleft(rest)
+        self._tasks -= len(batch)
+        return batch
+
+    def drop(self, count: int) -> None:
+        """Forget the first ``count`` tasks."""
+        while count and self._tasks:
+            count -= len(self.take(count))
+
+    def remove(self, token: str) -> None:
+        """Forget the tasks of one calculation."""
+        kept = [batch for batch in self._batches if batch.token != token]
+        self.clear()
+        self.prepend(kept)
+
+    def clear(self) -> None:
+        self._batches.clear()
+        self._tasks = 0
 
 
 @dataclass
@@ -73,7 +162,7 @@ class WorkerSlot:
     ident: bytes
     process: multiprocessing.process.BaseProcess
     ready: bool = False
-    assigned: deque[Task] = field(default_factory=deque)
+    assigned: BatchQueue = field(default_factory=BatchQueue)  # sent, in the order it runs them
     revoked: bool = False  # being killed on purpose: its tasks were cancelled
 
 
@@ -116,7 +205,7 @@ class WorkerPool:
         self._from_workers = Verifier(authkey, f"pool:{self.workers_endpoint}")
         self._to_workers = Signer(authkey, f"worker:{self.workers_endpoint}")
         self.receivers = ReceiverSockets(self.context, authkey)
-        self.queue: deque[Task] = deque()
+        self.queue = BatchQueue()
         self.mean_task_time = 1.0  # moving average of task durations (starts as "long")
         self.slots: dict[bytes, WorkerSlot] = {}
         self._generation = 0
@@ -148,22 +237,24 @@ class WorkerPool:
             del self.slots[slot.ident]
             reason = _exit_reason(slot.process.exitcode)
             if slot.assigned and not slot.revoked:
-                running = slot.assigned.popleft()
+                running = slot.assigned.take(1)
                 self._report_lost(running, f"worker process pid {slot.process.pid} on host "
                                            f"{self.host} {reason} while running task "
-                                           f"{running.task_no}")
-                self.queue.extendleft(reversed(slot.assigned))  # never started: run elsewhere
+                                           f"{running.task_nos[0]}", slot.process.pid or 0)
+                self.queue.prepend(slot.assigned)  # never started: run elsewhere
             if not slot.revoked:
                 log.error("worker process %s %s", slot.process.pid, reason)
             if not self.stopping:
                 self._start_worker()
 
-    def _report_lost(self, task: Task, reason: str) -> None:
-        sock, signer = self.receivers.get(task.endpoint, task.token)
-        info = {"host": self.host, "pid": 0, "traceback": reason}
-        if not protocol.send_nowait(sock, signer, ("lost", task.token, task.task_no,
-                                                   self.pool_id, info)):
-            log.warning("could not report lost task %s to %s", task.key, task.endpoint)
+    def _report_lost(self, batch: Batch, reason: str, pid: int = 0) -> None:
+        """Tell the receiver that the tasks of ``batch`` will not run (``reason``: why)."""
+        sock, signer = self.receivers.get(batch.endpoint, batch.token)
+        entries = [("lost", task_no, 0, failure_report(reason)) for task_no in batch.task_nos]
+        meta = batch_meta(self.pool_id, batch.token, self.host, pid, 0.0, entries)
+        if not protocol.send_nowait(sock, signer, meta):
+            log.warning("could not report lost tasks %s to %s", ", ".join(batch.task_keys()),
+                        batch.endpoint)
 
     # --- event loop
     def serve(self) -> None:
@@ -208,27 +299,29 @@ class WorkerPool:
                     log.exception("bad message %r", message.meta)
 
     def _dispatch(self) -> None:
-        depth = PREFETCH_SHORT if self.mean_task_time < SHORT_TASK else PREFETCH_LONG
+        depth = prefetch_depth(self.mean_task_time)
         ready = [s for s in self.slots.values()
                  if s.ready and not s.revoked and len(s.assigned) < depth]
         # share what is queued fairly: no worker takes more than its part of the queue
         share = max(1, -(-len(self.queue) // max(1, len(ready))))
         for slot in sorted(ready, key=lambda s: len(s.assigned)):
-            batch = [self.queue.popleft()
-                     for _ in range(min(share, depth - len(slot.assigned), len(self.queue)))]
-            if not batch:
-                return
-            slot.assigned.extend(batch)
-            index = [(t.token, t.task_no, t.endpoint, len(t.body)) for t in batch]
-            protocol.send(self.workers_sock, self._to_workers, ("tasks", index),
-                          [frame for t in batch for frame in t.body], envelope=[slot.ident])
+            wanted = min(share, depth - len(slot.assigned))
+            while wanted and self.queue:
+                batch = self.queue.take(wanted)
+                wanted -= len(batch)
+                slot.assigned.append(batch)
+                layout, data = batch.encoded()
+                meta = ("tasks", batch.token, batch.endpoint, batch.func, batch.task_nos,
+                        batch.nframes)
+                protocol.send_encoded(self.workers_sock, self._to_workers, meta, layout, data,
+                                      envelope=[slot.ident])
 
     def _heartbeat(self) -> None:
-        receivers = {(t.endpoint, t.token) for t in self.queue}
-        receivers.update((t.endpoint, t.token) for s in self.slots.values() for t in s.assigned)
+        receivers = {(b.endpoint, b.token) for b in self.queue}
+        receivers.update((b.endpoint, b.token) for s in self.slots.values() for b in s.assigned)
         for endpoint, token in receivers:
             sock, signer = self.receivers.get(endpoint, token)
-            protocol.send_nowait(sock, signer, ("heartbeat", "", -1, self.pool_id))
+            protocol.send_nowait(sock, signer, ("heartbeat", self.pool_id))
 
     # --- handlers
     def _on_worker(self, message: protocol.Received) -> None:
@@ -240,28 +333,28 @@ class WorkerPool:
             slot.ready = True
         elif kind == "done":
             _, count, seconds = message.meta
-            for _ in range(min(count, len(slot.assigned))):
-                slot.assigned.popleft()
+            slot.assigned.drop(count)
             if count:
                 self.mean_task_time = 0.7 * self.mean_task_time + 0.3 * seconds / count
 
     def _on_ctrl(self, message: protocol.Received) -> None:
         command = message.meta[0]
         if command == "submit":
-            _, token, endpoint, index = message.meta
-            offset = 0
-            for task_no, nframes in index:
-                task = Task(token, task_no, endpoint, message.body[offset:offset + nframes])
-                offset += nframes
-                if self.stopping:
-                    self._report_lost(task, f"workerpool on {self.host} is stopping and "
-                                            f"refused task {task_no}")
-                else:
-                    self.queue.append(task)
+            _, token, endpoint, func, task_nos, nframes = message.meta
+            layout = np.frombuffer(message.layout, dtype=np.int64).reshape(-1, 3)
+            if len(task_nos) != len(nframes) or sum(nframes) != len(layout) or not task_nos:
+                raise ValueError(f"submit of {len(task_nos)} tasks with {len(nframes)} frame "
+                                 f"counts for {len(layout)} frames")
+            batch = Batch(token, endpoint, func, task_nos, nframes, layout, message.data)
+            if self.stopping:
+                self._report_lost(batch, f"workerpool on {self.host} is stopping and refused "
+                                         f"the task")
+            else:
+                self.queue.append(batch)
             return
         if command == "cancel":
             token = message.meta[1]
-            self.queue = deque(t for t in self.queue if t.token != token)
+            self.queue.remove(token)
             self._revoke_running(token)
             return
         reply = self._reply(command)
@@ -275,9 +368,10 @@ class WorkerPool:
         for slot in self.slots.values():
             if slot.revoked or not slot.assigned:
                 continue
-            if all(task.token == token for task in slot.assigned):
+            if all(batch.token == token for batch in slot.assigned):
                 log.info("revoking %s: killing worker process %s",
-                         ", ".join(task.key for task in slot.assigned), slot.process.pid)
+                         ", ".join(_task_keys(slot.assigned)),
+                         slot.process.pid)
                 slot.assigned.clear()
                 slot.revoked = True
                 _kill(slot.process)
@@ -288,8 +382,8 @@ class WorkerPool:
         if command == "status":
             return ("status", self.host, len(self._busy_slots()), self.size, len(self.queue))
         if command == "inspect":
-            running = {s.process.pid: [t.key for t in s.assigned] for s in self.slots.values()}
-            return ("inspect", self.host, running, [t.key for t in self.queue])
+            running = {s.process.pid: _task_keys(s.assigned) for s in self.slots.values()}
+            return ("inspect", self.host, running, _task_keys(self.queue))
         if command == "stop":
             self.stopping = True
             return ("stopping", self.host)
@@ -305,12 +399,11 @@ class WorkerPool:
         self.stopping = True
         self.running = False
         for slot in self.slots.values():
-            for task in slot.assigned:
-                self._report_lost(task, f"workerpool on host {self.host} {why} (task "
-                                        f"{task.task_no})")
+            for batch in slot.assigned:
+                self._report_lost(batch, f"workerpool on host {self.host} {why}")
             _kill(slot.process)
-        for task in self.queue:
-            self._report_lost(task, f"workerpool on host {self.host} {why} (task {task.task_no})")
+        for batch in self.queue:
+            self._report_lost(batch, f"workerpool on host {self.host} {why}")
         self.queue.clear()
 
     def _shutdown_workers(self) -> None:
@@ -324,6 +417,16 @@ class WorkerPool:
         self.context.term()
         self._tmp.cleanup()
         log.info("workerpool %s stopped", self.endpoint)
+
+
+def prefetch_depth(mean_task_time: float) -> int:
+    """How many tasks a worker process may hold when they take ``mean_task_time`` s each."""
+    wanted = PREFETCH_SECONDS / max(mean_task_time, 1e-9)
+    return int(max(PREFETCH_MIN, min(PREFETCH_MAX, wanted)))
+
+
+def _task_keys(batches: Iterable[Batch]) -> list[str]:
+    return [key for batch in batches for key in batch.task_keys()]
 
 
 def _kill(process: multiprocessing.process.BaseProcess) -> None:
