@@ -80,6 +80,10 @@ $(BENCH_STAMP): bench/requirements.lock engine/pyproject.toml
 bench: $(BENCH_STAMP) ## engine benchmark table (BENCH_ARGS="--quick --only 'oqzmq zmq,dask'")
 	$(BENCH_VENV)/bin/python bench/engine.py $(BENCH_ARGS)
 
+.PHONY: bench-profile
+bench-profile: $(BENCH_STAMP) ## CPU per task of the master, workerpool and workers (zmq mode)
+	$(BENCH_VENV)/bin/python bench/cpuprofile.py $(BENCH_ARGS)
+
 # --- the real-kernel scenario (molecule/kernel): a master and two workers as QEMU VMs
 # (software CPU) from a Debian 12 image cached by recipe hash outside the repository.
 # `make test` runs the reduced form without idempotence (molecule-kernel-ci); each step prints its time. The VMs are destroyed at the end,
