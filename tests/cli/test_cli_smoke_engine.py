@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 from cli_cases import ROOT
+from freeports import free_port_block
 
 from oqcluster.cli import main
 from oqcluster.inventory import Inventory
@@ -31,27 +31,9 @@ OQZ = Path(sys.executable).parent / "oqz"
 pytestmark = pytest.mark.slow
 
 
-def free_ports(count: int) -> list[int]:
-    """`count` consecutive TCP ports on 127.0.0.1 that can be bound, below 32768 (the
-    ephemeral range, where outgoing connections and TCP self-connects take ports)."""
-    for base in range(22000 + os.getpid() % 100 * 97, 32000, 97):
-        ports = list(range(base, base + count))
-        if all(_free(port) for port in ports):
-            return ports
-    raise RuntimeError("no free port range on 127.0.0.1")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def write_inventory(directory: Path) -> Path:
-    dbserver, ctrl, webui, first, *_, last = free_ports(7)
+    base = free_port_block(7)
+    dbserver, ctrl, webui, first, *_, last = range(base, base + 7)
     inventory = directory / "hosts.yml"
     inventory.write_text(f"""
 all:

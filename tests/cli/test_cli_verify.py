@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_cases import ROOT
+from freeports import free_port
 
 from oqcluster.cli import main
 from oqcluster.inventory import Inventory
@@ -33,11 +34,6 @@ def listener() -> Iterator[int]:
     """A port on 127.0.0.1 that accepts connections."""
     with socket.create_server(("127.0.0.1", 0)) as server:
         yield server.getsockname()[1]
-
-
-def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as server:
-        return int(server.getsockname()[1])
 
 
 def local_inventory(directory: Path, dbserver_port: int, ctrl_port: int) -> Path:

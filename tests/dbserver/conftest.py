@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,15 +10,10 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from freeports import free_port
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, DbServer
 from oqzmq.webui.app import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def write_config(

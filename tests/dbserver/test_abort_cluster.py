@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from freeports import free_port_block
 from oqzmq import launcher
 from oqzmq.commands.webui import workers_status_source
 from oqzmq.config import Config, load_config
@@ -21,21 +22,6 @@ from oqzmq.dbserver import DbClient, DbServer
 
 POOL_HOST = "127.0.0.5"  # a loopback address of its own, standing in for a worker host
 OQZ = [sys.executable, "-m", "oqzmq.cli"]
-
-
-def _free_block(size: int) -> int:
-    # below 32768, the ephemeral range: a pool reconnecting to a closed receiver port of that
-    # range can connect to itself (TCP self-connect) and so occupy the port
-    for base in range(20000 + os.getpid() % 500 * 20, 32000, 20):
-        try:
-            for port in range(base, base + size):
-                for host in ("127.0.0.1", POOL_HOST):
-                    with socket.socket() as sock:
-                        sock.bind((host, port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free block of ports")
 
 
 def _port_is_free(port: int) -> bool:
@@ -51,7 +37,7 @@ def _port_is_free(port: int) -> bool:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[Config, dict[str, str]]]:
-    base = _free_block(4)
+    base = free_port_block(4, ("127.0.0.1", POOL_HOST))
     path = tmp_path / "openquake.cfg"
     path.write_text(
         "[distribution]\noq_distribute = zmq\nserialize_jobs = false\n\n"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from freeports import free_port_block
 from oqzmq import launcher
 from oqzmq.config import Config, load_config
 from oqzmq.parallel import connect_pool
@@ -28,33 +29,6 @@ HOSTS = ("127.0.0.2", "127.0.0.3")
 os.environ["PYTHONPATH"] = os.pathsep.join(
     p for p in (str(HERE), os.environ.get("PYTHONPATH", "")) if p
 )
-
-
-def free_port_block(size: int, hosts: tuple[str, ...] = ("127.0.0.1", *HOSTS)) -> int:
-    """The first port of ``size`` consecutive ports free on every host, below the ephemeral
-    range: the kernel gives those to outgoing connections (and a socket reconnecting to a
-    closed port there can connect to itself), and one taken mid-session made the test that
-    binds every receiver port fail now and then."""
-    for base in range(10000 + os.getpid() % 200 * 50, ephemeral_ports_start() - size, 50):
-        if all(_free(host, port) for host in hosts for port in range(base, base + size)):
-            return base
-    raise RuntimeError("no free port block")
-
-
-def ephemeral_ports_start() -> int:
-    try:
-        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return 32768
-
-
-def _free(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def write_config(path: Path, ctrl_port: int, receiver_ports: str, host_cores: str,
@@ -120,7 +94,7 @@ def _hc(config: Config, host: str):
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Two workerpools (127.0.0.2 with 2 processes, 127.0.0.3 with 1) for the whole session."""
     base = tmp_path_factory.mktemp("cluster")
-    port = free_port_block(6)
+    port = free_port_block(6, ("127.0.0.1", *HOSTS))
     path = write_config(base / "openquake.cfg", port, f"{port + 1}-{port + 5}",
                         f"{HOSTS[0]} 2, {HOSTS[1]} 1", base / "shared")
     config = load_config(path)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import HOSTS, free_port_block, write_config
+from conftest import HOSTS, write_config
+from freeports import free_port_block
 from oqzmq.cli import main
 from oqzmq.config import Config, load_config
 from oqzmq.demo import run_demo

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import zmq
-from conftest import free_port_block
+from freeports import free_port
 from oqzmq import protocol
 from oqzmq.auth import Verifier
 from oqzmq.worker import MAX_RECEIVER_SOCKETS, ReceiverSockets
@@ -62,7 +62,7 @@ def bind_when_free(pull: zmq.Socket, endpoint: str) -> None:
 
 
 def test_messages_reach_the_next_receiver_bound_on_the_same_port(context: zmq.Context) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port_block(1, ('127.0.0.1',))}"
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
     receivers = ReceiverSockets(context, AUTHKEY)
     for token in ("starmap-a", "starmap-b"):
         pull = context.socket(zmq.PULL)
