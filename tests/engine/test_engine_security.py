@@ -119,3 +119,24 @@ def test_receiver_rejects_bad_messages(
     rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
     assert len(rejected) == 4, rejected
     assert any("replayed" in text for text in rejected)
+
+
+def test_an_authentic_message_of_another_release_is_logged_and_survived(
+    cluster: Cluster, config: Config, tmp_path: Path
+) -> None:
+    endpoint = f"tcp://{POOL}:{config.ctrl_port}"
+    context = zmq.Context()
+    sender = context.socket(zmq.DEALER)
+    sender.connect(endpoint)
+    old_submit = ("submit", "old-release", "tcp://127.0.0.1:9", [(0, 1)])  # before 2026-12-02
+    try:
+        protocol.send(sender, Signer(AUTHKEY, f"ctrl:{endpoint}"), old_submit, [b"x"])
+        deadline = time.monotonic() + 10
+        while "run the same release" not in cluster.log(POOL) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "another release of oq-zmq-engine" in cluster.log(POOL)
+    finally:
+        sender.close(0)
+        context.term()
+    assert list(Starmap(touch, [(str(tmp_path / "ok"),)], distribute="zmq")) == [
+        str(tmp_path / "ok")]

@@ -37,11 +37,15 @@ def dumps(obj: Any) -> list[Buffer]:
     """Pickle ``obj`` into frames: the stream, then each out-of-band buffer (not copied)."""
     buffers: list[pickle.PickleBuffer] = []
     stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    if not buffers:  # small objects: skip the generator (tiny tasks pay for every step)
+        return [stream]
     return [stream, *(buffer.raw() for buffer in buffers)]
 
 
 def loads(frames: Sequence[Buffer]) -> Any:
     """Inverse of :func:`dumps`. Only ever call it on verified frames."""
+    if len(frames) == 1:
+        return pickle.loads(frames[0])
     return pickle.loads(frames[0], buffers=frames[1:])
 
 

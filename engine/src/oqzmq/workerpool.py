@@ -296,7 +296,9 @@ class WorkerPool:
                 try:
                     handler(message)  # type: ignore[operator]
                 except Exception:
-                    log.exception("bad message %r", message.meta)
+                    log.exception("cannot handle message %.200r (sent by another release of "
+                                  "oq-zmq-engine? run the same release on every node: re-run "
+                                  "site.yml)", message.meta)
 
     def _dispatch(self) -> None:
         depth = prefetch_depth(self.mean_task_time)
