@@ -8,7 +8,7 @@ from pathlib import Path
 
 import h5py
 import pytest
-from conftest import HOSTS, write_config
+from enginecluster import HOSTS, write_config
 from freeports import free_port_block
 from oqzmq.cli import main
 from oqzmq.config import Config, load_config

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import Cluster
+from enginecluster import Cluster
 from enginetasks import chunks, fail, pid_then_sleep, square
 from oqzmq.config import Config
 from oqzmq.errors import PortsExhausted, TaskError, WorkerLost

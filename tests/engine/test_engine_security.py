@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import AUTHKEY, Cluster
+from enginecluster import AUTHKEY, Cluster
 from enginetasks import pid_then_sleep, touch
 from oqzmq import protocol
 from oqzmq.auth import Signer

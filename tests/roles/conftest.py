@@ -12,23 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rolefacts import FACTS, ROLES
 
 from oqcluster.inventory import Inventory
-
-ROOT = Path(__file__).resolve().parents[2]
-ROLES = ROOT / "roles"
-
-FACTS = {
-    "RedHat": {"os_family": "RedHat", "distribution": "Rocky",
-               "distribution_major_version": "9", "virtualization_role": "host",
-               "virtualization_type": "kvm", "swaptotal_mb": 2048},
-    "Debian": {"os_family": "Debian", "distribution": "Debian",
-               "distribution_major_version": "12", "virtualization_role": "host",
-               "virtualization_type": "kvm", "swaptotal_mb": 0},
-    "Ubuntu": {"os_family": "Debian", "distribution": "Ubuntu",
-               "distribution_major_version": "24", "virtualization_role": "host",
-               "virtualization_type": "kvm", "swaptotal_mb": 0},
-}
 
 
 def write_inventory(directory: Path, text: str) -> Path:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import FACTS, ROLES
+from rolefacts import FACTS, ROLES
 
 CLUSTER = """
 all:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from rolefacts import ROOT
 
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 pytestmark = pytest.mark.slow  # a few ansible-playbook runs
