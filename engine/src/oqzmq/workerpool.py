@@ -19,10 +19,10 @@ Tasks go to worker processes in batches, ``("tasks", token, reply_endpoint, func
 nframes)``, their frames forwarded as the master encoded them (never unpickled here), up to a
 prefetch depth that adapts to the observed task duration (deep for tiny tasks, so messages
 carry many; shallow for long ones, so no worker hoards work); workers report finished tasks
-with "done". Every ``HEARTBEAT`` seconds
-the pool tells each receiver with tasks here that it is alive; a worker process that dies
-turns its running task into a "lost" report naming the task, host and signal, its
-queued-but-unstarted tasks go to other workers, and a new worker process replaces it.
+with "done". Every ``HEARTBEAT`` seconds the pool tells each receiver with tasks here that it
+is alive; a worker process that dies turns its running task into a "lost" report naming the
+task, host and signal, its queued-but-unstarted tasks go to other workers, and a new worker
+process replaces it.
 """
 
 from __future__ import annotations
