@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from enginecluster import Cluster
 from enginetasks import chunks, fail, pid_then_sleep, square
+from oqzmq import launcher
 from oqzmq.config import Config
 from oqzmq.errors import PortsExhausted, TaskError, WorkerLost
 from oqzmq.monitor import Monitor
@@ -105,6 +106,38 @@ def test_sigkilled_worker_ends_the_calculation_quickly(config: Config, tmp_path:
     assert "killed by SIGKILL" in str(info.value)
     # the pool replaced the dead worker and still computes
     assert sorted(Starmap(square, [(2,), (3,)], distribute="zmq")) == [4, 9]
+
+
+def test_tasks_sent_to_a_worker_that_dies_run_on_its_replacement(
+    config: Config, tmp_path: Path
+) -> None:
+    """A task of another calculation, queued on the worker process behind the one running
+    when it was killed, goes back to the pool's queue and runs on the new process."""
+    pidfile = tmp_path / "pid"
+    doomed = Starmap(pid_then_sleep, distribute="zmq")
+    doomed.submit_to("127.0.0.3", str(pidfile), 60)  # the only worker process of that pool
+    start = time.monotonic()
+    while not pidfile.exists() or not pidfile.read_text():
+        assert time.monotonic() - start < 20, "task never started"
+        time.sleep(0.05)
+    pid = int(pidfile.read_text())
+    other = Starmap(square, distribute="zmq")
+    other.submit_to("127.0.0.3", 7)
+    other.submit_to("127.0.0.3", 8)
+    while len(held_by(config, "127.0.0.3", pid)) < 2:  # one sent ahead to the busy process
+        assert time.monotonic() - start < 20, "the pool never sent the tasks to the worker"
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    assert sorted(other) == [49, 64]
+    with pytest.raises(WorkerLost, match=r"pid_then_sleep#0 failed on host 127\.0\.0\.3"):
+        list(doomed)
+
+
+def held_by(config: Config, host: str, pid: int) -> list[str]:
+    """The task keys a worker process holds (running and sent ahead), from `inspect`."""
+    reply = launcher.query_pools(config, ("inspect",), hosts=[host])[host]
+    assert reply is not None, f"the pool on {host} does not answer"
+    return reply[2].get(pid, [])
 
 
 def test_silent_pool_ends_the_calculation(cluster: Cluster, config: Config) -> None:
