@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
+import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +90,26 @@ def test_task_error_names_task_and_host_with_traceback(config: Config, mode: str
     assert "ValueError: bad input 3" in text
     if mode == "zmq":
         assert "127.0.0." in text
+
+
+@pytest.fixture
+def master_only_module() -> Iterator[types.ModuleType]:
+    """A module that exists in this process only: the workers cannot import it."""
+    module = types.ModuleType("only_on_the_master")
+    exec("def job(x, monitor):\n    return x\n\nclass Arg:\n    pass\n", module.__dict__)
+    sys.modules[module.__name__] = module
+    yield module
+    del sys.modules[module.__name__]
+
+
+def test_tasks_the_workers_cannot_unpickle_fail_saying_why(
+    config: Config, master_only_module: types.ModuleType
+) -> None:
+    with pytest.raises(TaskError, match=r"cannot unpickle the task on host 127\.0\.0\."):
+        list(Starmap(master_only_module.job, [(1,), (2,)], distribute="zmq"))
+    with pytest.raises(TaskError, match="its function and arguments must be importable"):
+        list(Starmap(square, [(master_only_module.Arg(),)], distribute="zmq"))
+    assert sorted(Starmap(square, [(2,), (3,)], distribute="zmq")) == [4, 9]
 
 
 def test_sigkilled_worker_ends_the_calculation_quickly(config: Config, tmp_path: Path) -> None:
