@@ -155,9 +155,6 @@ class Received:
             self._body = decode_body(self.layout, self.data)
         return self._body
 
-    def payload(self) -> Any:
-        return loads(self.body)
-
 
 def recv(sock: zmq.Socket, verifier: Verifier, envelope: int = 0) -> Received | None:
     """Receive one message; verify it; None (after logging why) if it is not authentic.
