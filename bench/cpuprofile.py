@@ -25,7 +25,7 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(HERE), os.environ.get("PYTHONPAT
 
 import workloads  # noqa: E402
 
-from engine import N_LARGE, write_configs  # noqa: E402
+from engine import N_LARGE, N_TINY, write_configs  # noqa: E402
 
 if TYPE_CHECKING:
     from oqzmq.config import Config
@@ -118,7 +118,6 @@ def main() -> int:
     parser.add_argument("--large-runs", type=int, default=2, help="Starmaps of 20 x 50 MB")
     args = parser.parse_args()
 
-    from engine import N_TINY
 
     with tempfile.TemporaryDirectory(prefix="oqz-profile-") as tmp:
         config_path, _ = write_configs(Path(tmp), args.cores)
