@@ -3,6 +3,9 @@
 Used by playbooks/preflight.yml before any host is touched. It applies exactly the rules of
 `oqcluster check` (oqcluster.rules, loaded through oqcluster.inventory) to the play's
 hostvars, with the oq role defaults underneath, and fails with one line per problem.
+When the inventory is valid it also returns `master`, `master_config` (the master's
+openquake.cfg) and `missing_secret`: the generated cluster secret's file when this control
+node does not have it (the run would create a new secret), else "".
 
 Options:
   defaults: path of roles/oq/defaults/main.yml (required)
@@ -64,7 +67,31 @@ class ActionModule(ActionBase):
                 f"{len(problems)} inventory problem(s), listed above as [ERROR] lines; "
                 "nothing was changed on any host. `oqcluster check -i INV` shows the same."
             )
-        else:
-            result["msg"] = f"inventory OK: 1 master, {len(cluster.workers)} worker(s)"
-            display.display(f"oq_preflight: {result['msg']}")
+            return result
+        result["msg"] = f"inventory OK: 1 master, {len(cluster.workers)} worker(s)"
+        display.display(f"oq_preflight: {result['msg']}")
+        result.update(self._secret_facts(inventory, cluster, Path(defaults_path), hostvars))
         return result
+
+    def _secret_facts(
+        self, inventory: Any, cluster: Any, defaults_path: Path, hostvars: Any
+    ) -> dict[str, str]:
+        """The master, its openquake.cfg, and the secret file this run would generate.
+
+        missing_secret is "" unless oq_authkey is the generated default and its file is not
+        on this control node (checking creates nothing). The next preflight task then asks
+        the master whether the cluster already has a secret this run would replace.
+        """
+        from ansible.utils.vars import combine_vars
+
+        master = cluster.masters[0]
+        raw = hostvars.raw_get(master)
+        variables = combine_vars(inventory.load_defaults(self._loader, defaults_path), raw)
+        missing = inventory.missing_secret(
+            variables, self._loader, [Path(raw.get("inventory_dir") or ".")])
+        config_dir = cluster.hosts[master].values["oq_config_dir"]
+        return {
+            "master": master,
+            "master_config": f"{config_dir}/openquake.cfg",
+            "missing_secret": str(missing or ""),
+        }

@@ -235,16 +235,7 @@ class Inventory:
 
         None too when the inventory sets oq_authkey itself. Nothing is left behind.
         """
-        from ansible.template import Templar
-
-        variables = self.task_vars(name)
-        try:
-            with no_new_credentials(self.inventory_dirs()):
-                Templar(loader=self.loader, variables=variables).template(
-                    variables["oq_authkey"])
-        except SecretMissing as error:
-            return error.created[0]
-        return None
+        return missing_secret(self.task_vars(name), self.loader, self.inventory_dirs())
 
     def inventory_dirs(self) -> list[Path]:
         """The directories the hosts were read from (where generated secrets are kept)."""
@@ -252,6 +243,24 @@ class Inventory:
             str(self.raw_vars(name).get("inventory_dir") or ".") for name in self.host_names()
         }
         return sorted(Path(d) for d in dirs)
+
+
+def missing_secret(
+    variables: Mapping[str, Any], loader: DataLoader, dirs: list[Path]
+) -> Path | None:
+    """The file that evaluating oq_authkey would create (the secret is not here), else None.
+
+    `variables` are a host's, with the oq role defaults underneath; `dirs` the inventory
+    directories. None too when the inventory sets oq_authkey itself. Nothing is left behind.
+    """
+    from ansible.template import Templar
+
+    try:
+        with no_new_credentials(dirs):
+            Templar(loader=loader, variables=variables).template(variables["oq_authkey"])
+    except SecretMissing as error:
+        return error.created[0]
+    return None
 
 
 class SecretMissing(RuntimeError):
@@ -276,12 +285,13 @@ def no_new_credentials(dirs: list[Path]) -> Iterator[None]:
     every node.
     """
     before = _credential_files(dirs)
+    new_dirs = [d / CREDENTIALS for d in dirs if not (d / CREDENTIALS).exists()]
     try:
         yield
     finally:
         created = sorted(_credential_files(dirs) - before)
         if created:
-            _remove_credentials(created, dirs)
+            _remove_credentials(created, new_dirs)
             raise SecretMissing(created)
 
 
@@ -292,11 +302,11 @@ def _credential_files(dirs: list[Path]) -> set[Path]:
     }
 
 
-def _remove_credentials(created: list[Path], dirs: list[Path]) -> None:
+def _remove_credentials(created: list[Path], new_dirs: list[Path]) -> None:
+    """Remove the created files, and the credentials/ directories the lookup created."""
     for path in created:
         path.unlink(missing_ok=True)
-    for directory in dirs:
-        credentials = directory / CREDENTIALS
+    for credentials in new_dirs:
         if credentials.is_dir() and not any(credentials.iterdir()):
             credentials.rmdir()
 

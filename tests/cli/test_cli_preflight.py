@@ -9,6 +9,7 @@ preflight stops the run before any.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -71,3 +72,56 @@ def test_preflight_is_not_skipped_by_a_limit(runs: dict[str, tuple[int, str]]) -
     assert returncode != 0, output
     assert "inventory: worker1: oq_cores: " in output
     assert "UNREACHABLE" not in output
+
+
+@pytest.fixture
+def generated_secret_inventory(tmp_path: Path) -> Path:
+    """The good inventory with oq_authkey left to the role default (a generated secret)."""
+    inventory = tmp_path / "inventory"
+    shutil.copytree(INVENTORIES / "good", inventory)
+    group_vars = inventory / "group_vars" / "all.yml"
+    group_vars.write_text(group_vars.read_text().replace("oq_authkey:", "unused_key:"))
+    return inventory
+
+
+@pytest.mark.parametrize("credentials_dir", ["absent", "empty"])
+@pytest.mark.parametrize("options", [(), ("--tags", "config")], ids=["all", "tags"])
+def test_a_missing_secret_makes_the_preflight_ask_the_master_and_creates_nothing(
+    generated_secret_inventory: Path, credentials_dir: str, options: tuple[str, ...]
+) -> None:
+    """Without credentials/oq_authkey.txt the preflight must first ask the master (read-only)
+    whether the cluster already has a secret, also in a --tags run. The master is unreachable
+    here, so the run stops at that question: before the next play, and without generating a
+    secret (an empty credentials/ directory stays as it was)."""
+    credentials = generated_secret_inventory / "credentials"
+    if credentials_dir == "empty":
+        credentials.mkdir()
+
+    process = start_preflight(generated_secret_inventory, *options)
+    output = process.communicate(timeout=180)[0]
+
+    assert process.returncode != 0, output
+    assert "inventory OK" in output
+    assert "Check whether the master already has a cluster secret" in output
+    assert "UNREACHABLE" in output
+    assert "TASK [Ping]" not in output
+    if credentials_dir == "empty":
+        assert list(credentials.iterdir()) == []
+    else:
+        assert not credentials.exists()
+
+
+def test_a_secret_on_this_control_node_needs_no_question_to_the_master(
+    generated_secret_inventory: Path,
+) -> None:
+    credentials = generated_secret_inventory / "credentials"
+    credentials.mkdir()
+    (credentials / "oq_authkey.txt").write_text("kept-secret-0123456789abcdefghijklmnopqrst\n")
+
+    process = start_preflight(generated_secret_inventory)
+    output = process.communicate(timeout=180)[0]
+
+    assert "inventory OK" in output, output
+    check = output.split("Check whether the master already has a cluster secret")[1]
+    assert "skipping: [master1]" in check.split("TASK")[0], output
+    assert "TASK [Ping]" in output
