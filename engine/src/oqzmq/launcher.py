@@ -64,7 +64,8 @@ def launch_command(
     """(how, argv) that starts the pool of ``hc`` - what ``oqz workers debug`` prints.
 
     ``auto`` on a remote host is one ssh call that starts the systemd unit when the host has
-    it (provisioning installs it) and launches the pool with nohup otherwise.
+    it (site.yml installs none; an administrator may) and launches the pool with nohup
+    otherwise.
     """
     how = ("local" if is_local_host(hc.host) else "auto") if launcher == "auto" else launcher
     ssh = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", f"{ssh_user}@{hc.host}"]
