@@ -52,7 +52,7 @@ def test_both_families_define_the_same_variables(role: str) -> None:
 def test_redhat_names_of_packages_and_services(renderer: Any) -> None:
     r = renderer(CLUSTER)
     assert r.variables("m1", "oq_common", "RedHat")["oq_common_packages"] == [
-        "python3", "openssh-clients", "sudo"]
+        "python3", "openssh-clients", "sudo", "procps-ng"]
     nfs = r.variables("m1", "oq_nfs_server", "RedHat")
     assert nfs["oq_nfs_server_packages"]["kernel"] == ["nfs-utils"]
     assert nfs["oq_nfs_server_kernel_service"] == "nfs-server"
