@@ -118,7 +118,6 @@ def main() -> int:
     parser.add_argument("--large-runs", type=int, default=2, help="Starmaps of 20 x 50 MB")
     args = parser.parse_args()
 
-
     with tempfile.TemporaryDirectory(prefix="oqz-profile-") as tmp:
         config_path, _ = write_configs(Path(tmp), args.cores)
         os.environ["OQ_CONFIG_FILE"] = str(config_path)
