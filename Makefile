@@ -9,8 +9,9 @@ VENV := .venv
 BIN := $(CURDIR)/$(VENV)/bin
 export PATH := $(BIN):$(PATH)
 STAGE := scripts/stage.sh
-# Molecule scenarios run by `make test` (molecule/demo is the demo cluster, not a test).
-SCENARIOS ?= default
+# Molecule scenarios run by `make test` (molecule/demo is the demo cluster, not a test):
+# default (the bundled engine), openquake (the real OpenQuake engine).
+SCENARIOS ?= default openquake
 STAMP := $(VENV)/.installed-$(shell cat requirements.lock pyproject.toml engine/pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: print-scenarios help venv host-deps image demo demo-down test test-fast lint unit molecule clean
@@ -34,8 +35,8 @@ host-deps: ## install docker.io, debootstrap, chromium; start dockerd (root or s
 image: host-deps ## build the Debian 12 systemd node image (cached by recipe hash)
 	@bash molecule/images/build.sh
 
-demo: venv host-deps ## bring up the local 3-node demo cluster and run the demo calculation
-	$(BIN)/oqcluster demo up
+demo: venv host-deps ## bring up the local 3-node demo cluster and run the demo calculation (FLAVOR=openquake: the real engine)
+	$(BIN)/oqcluster demo up $(if $(FLAVOR),--flavor $(FLAVOR))
 
 demo-down: venv host-deps ## remove the demo cluster
 	$(BIN)/oqcluster demo down

@@ -26,7 +26,13 @@ from oqcluster.project import Project, find_project
 SCENARIO = "demo"
 INVENTORY = Path("inventories/local")
 IMAGE_BUILDER = Path("molecule/images/build.sh")
-OQZ = "/opt/openquake/venv/bin/oqz"
+VENV = "/opt/openquake/venv"
+OQZ = f"{VENV}/bin/oqz"
+FLAVORS = ("oqzmq", "openquake")
+# The demo's engine flavor, kept beside its inventory (git-ignored; read by group_vars/all.yml)
+# so that every later command on inventories/local (site.yml, verify) sees the same one.
+FLAVOR_FILE = INVENTORY / "flavor.txt"
+OPENQUAKE_JOB = "openquake/qa_tests_data/classical/case_01/job.ini"
 console = Console(stderr=True, highlight=False)
 T = TypeVar("T")
 
@@ -40,7 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="demo_action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="create/start the demo cluster, converge it, run the demo")
     up.add_argument("--no-run", action="store_true", help="do not run the demo calculation")
-    up.add_argument("--size", default="small", help="size of the demo calculation")
+    up.add_argument("--size", default="small", help="size of the demo calculation (oqzmq)")
+    up.add_argument("--flavor", choices=FLAVORS,
+                    help="engine: oqzmq (bundled, the default) or openquake (the real engine); "
+                    "kept for later runs until given again")
     actions.add_parser("down", help="remove the demo cluster (containers, network, volumes)")
     parser.set_defaults(func=run)
 
@@ -49,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     project = find_project()
     try:
         if args.demo_action == "up":
-            demo_up(project, run_job=not args.no_run, size=args.size)
+            demo_up(project, run_job=not args.no_run, size=args.size, flavor=args.flavor)
         else:
             demo_down(project)
     except DemoError as error:
@@ -58,18 +67,31 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def demo_up(project: Project, run_job: bool, size: str) -> None:
+def demo_up(project: Project, run_job: bool, size: str, flavor: str | None = None) -> None:
     started = time.monotonic()
     require_docker()
+    flavor = remember_flavor(project, flavor)
     image = step("node image", build_image, project)
     env = {"OQCLUSTER_IMAGE": image}
     step("containers", ensure_containers, project, env)
     step("systemd in every node", wait_for_systemd, container_names(project))
     step("converge (ansible-playbook site.yml -i inventories/local)", converge, project)
-    if run_job:
+    if run_job and flavor == "openquake":
+        step("demo calculation (oq engine --run classical/case_01)", run_openquake_job, project)
+    elif run_job:
         step(f"demo calculation ({size})", run_demo_job, project, size)
     console.print(f"[green]demo cluster ready[/green] in {time.monotonic() - started:.0f} s")
     print_next_steps(project)
+
+
+def remember_flavor(project: Project, flavor: str | None) -> str:
+    """The flavor to converge: the one given (then kept), else the kept one, else oqzmq."""
+    path = project.root / FLAVOR_FILE
+    if flavor:
+        path.write_text(flavor + "\n")
+        return flavor
+    kept = path.read_text().strip() if path.exists() else ""
+    return kept if kept in FLAVORS else FLAVORS[0]
 
 
 def demo_down(project: Project) -> None:
@@ -161,6 +183,18 @@ def run_demo_job(project: Project, size: str) -> None:
     as_openquake = ["docker", "exec", master, "runuser", "-u", "openquake", "--"]
     run_command([*as_openquake, OQZ, "workers", "start"])
     run_command([*as_openquake, OQZ, "run", "demo", "--size", size])
+
+
+def run_openquake_job(project: Project) -> None:
+    """A hazard calculation that ships with the real engine, in zmq mode on both workers."""
+    master = container_names(project)[0]
+    site = subprocess.run(
+        ["docker", "exec", master, f"{VENV}/bin/python", "-c",
+         "import openquake, os; print(os.path.dirname(openquake.__path__[0]))"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    run_command(["docker", "exec", master, "runuser", "-u", "openquake", "--",
+                 f"{VENV}/bin/oq", "engine", "--run", f"{site}/{OPENQUAKE_JOB}"])
 
 
 def print_next_steps(project: Project) -> None:

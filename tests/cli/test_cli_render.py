@@ -77,14 +77,16 @@ def test_render_rejects_an_unknown_host(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("flavor", ["oqzmq", "openquake"])
 def test_render_is_byte_identical_to_the_template_module(
-    project_root: Path, tmp_path: Path
+    project_root: Path, tmp_path: Path, flavor: str
 ) -> None:
     """Also proves both read the one generated secret: the inventory sets no oq_authkey."""
     inventory = tmp_path / "inventory"
     shutil.copytree(INVENTORIES / "good", inventory)
     group_vars = inventory / "group_vars" / "all.yml"
-    group_vars.write_text(group_vars.read_text().replace("oq_authkey:", "unused_key:"))
+    group_vars.write_text(group_vars.read_text().replace("oq_authkey:", "unused_key:")
+                          + f"\noq_engine_flavor: {flavor}\n")
     by_ansible, by_cli = tmp_path / "ansible", tmp_path / "cli"
     run = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", str(inventory),
@@ -100,6 +102,11 @@ def test_render_is_byte_identical_to_the_template_module(
     for node in NODES:
         expected = (by_ansible / node / "openquake.cfg").read_bytes()
         assert (by_cli / node / "openquake.cfg").read_bytes() == expected, node
+        keys = {line.split("=")[0].strip() for line in expected.decode().splitlines()}
+        # the real engine reads neither the bundled engine's keys nor the secret; it
+        # executes a key named `code`
+        assert "code" not in keys
+        assert ("authkey" in keys) == (flavor == "oqzmq"), node
 
 
 def test_render_generates_the_secret_once_beside_the_inventory(

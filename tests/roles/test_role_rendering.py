@@ -165,3 +165,41 @@ def test_slice_caps_are_shares_of_ram(renderer: Any) -> None:
 
 def test_every_family_has_facts_for_the_tests() -> None:
     assert {facts["os_family"] for facts in FACTS.values()} == {"Debian", "RedHat"}
+
+
+def test_real_engine_units_run_oq_with_the_login_on(renderer: Any) -> None:
+    r = renderer(CLUSTER)
+    variables = r.variables("m1", "oq_services", "Debian", oq_engine_flavor="openquake")
+    dbserver = r.render("oq_services", "openquake-dbserver.service.j2", variables).splitlines()
+    assert "ExecStart=/opt/openquake/venv/bin/oq dbserver start --foreground" in dbserver
+    assert "Type=simple" in dbserver and "User=openquake" in dbserver
+    webui = r.render("oq_services", "openquake-webui.service.j2", variables).splitlines()
+    assert ("ExecStart=/opt/openquake/venv/bin/oq webui start 10.0.0.10:8800 --skip-browser"
+            in webui)
+    assert "WorkingDirectory=/etc/openquake/webui" in webui
+    variables["oq_services_webui_secret_key"] = "k" * 50
+    settings = r.render("oq_services", "local_settings.py.j2", variables)
+    assert "LOCKDOWN = True" in settings.splitlines()
+    assert f'SECRET_KEY = "{"k" * 50}"' in settings.splitlines()
+    compile(settings, "local_settings.py", "exec")  # valid Python
+
+
+def test_bundled_engine_units_are_unchanged_by_the_flavor_switch(renderer: Any) -> None:
+    r = renderer(CLUSTER)
+    variables = r.variables("m1", "oq_services", "Debian")
+    dbserver = r.render("oq_services", "openquake-dbserver.service.j2", variables).splitlines()
+    assert "ExecStart=/opt/openquake/venv/bin/oqz dbserver start" in dbserver
+    assert "Type=notify" in dbserver
+
+
+@pytest.mark.parametrize(("flavor", "database", "table"), [
+    ("oqzmq", "/var/lib/openquake/db.sqlite3", "calc"),
+    ("openquake", "/var/lib/openquake/openquake-engine.sqlite3", "job"),
+])
+def test_each_flavor_keeps_its_own_database(
+    renderer: Any, flavor: str, database: str, table: str
+) -> None:
+    r = renderer(CLUSTER)
+    variables = r.variables("m1", "oq_services", "Debian", oq_engine_flavor=flavor)
+    assert r.value("{{ oq_dbserver_file }}", variables) == database
+    assert r.value("{{ oq_services_calc_table }}", variables) == table

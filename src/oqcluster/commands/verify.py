@@ -21,6 +21,15 @@ from oqcluster.commands.common import (
 from oqcluster.render import SecretMissing, render_existing_config
 from oqcluster.rules import validate
 
+# Said with every report on a real-engine cluster: what the firewall cannot fix.
+OPENQUAKE_RISK = (
+    "note: this cluster runs the real OpenQuake engine, whose zmq messages (ports "
+    "{dbserver}, {ctrl}, {receivers}) are unauthenticated pickles. The firewall admits them "
+    "only from cluster addresses ({ctrl}: from the master only), but any process on a "
+    "cluster node can still send one and run code as {user}. Give shell access to cluster "
+    "nodes only to people you would trust with the {user} account."
+)
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -82,4 +91,10 @@ def run(args: argparse.Namespace) -> int:
         console = stdout()
         report.print_table(console, results, args.verbose)
         console.print(report.summary_line(results, seconds))
+    if ctx.setting("oq_engine_flavor") == "openquake":
+        stderr().print(OPENQUAKE_RISK.format(
+            dbserver=ctx.setting("oq_dbserver_port"), ctrl=ctx.setting("oq_ctrl_port"),
+            receivers=f"{ctx.setting('oq_receiver_port_first')}-"
+                      f"{ctx.setting('oq_receiver_port_last')}",
+            user=ctx.setting("oq_user")))
     return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED

@@ -37,6 +37,11 @@ def oq(cluster: Cluster, node_name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
+def is_master(cluster: Cluster, node_name: str) -> bool:
+    return node_name == cluster.master
+
+
+@pytest.fixture
 def on_master(cluster: Cluster, node_name: str) -> None:
     """Cluster-wide checks run once, from the master's test run."""
     if node_name != cluster.master:

@@ -14,20 +14,39 @@ def config_path(oq: dict[str, Any]) -> str:
     return f"{oq['oq_config_dir']}/openquake.cfg"
 
 
-def test_config_is_root_owned_and_group_readable_only(host: Any, oq: dict[str, Any]) -> None:
-    with as_root(host):
-        config = host.file(config_path(oq))
-        expect(config.is_file, f"{config_path(oq)} present", "missing", FIX)
-        found = f"{config.user}:{config.group} {config.mode:04o}"
-    expect(found == f"root:{oq['oq_group']} 0640", f"root:{oq['oq_group']} 0640", found, FIX)
+def config_paths(oq: dict[str, Any], is_master: bool) -> list[str]:
+    """The node's file, and on the master of a real-engine cluster the venv's copy.
+
+    The real engine in a venv reads <venv>/openquake.cfg (not /etc/openquake); the workers
+    read the master's through the export of the software tree.
+    """
+    venv_copy = is_master and oq["oq_engine_flavor"] == "openquake"
+    return [config_path(oq)] + ([f"{oq['oq_venv_dir']}/openquake.cfg"] if venv_copy else [])
+
+
+def test_config_is_root_owned_and_group_readable_only(
+    host: Any, oq: dict[str, Any], is_master: bool
+) -> None:
+    for path in config_paths(oq, is_master):
+        with as_root(host):
+            config = host.file(path)
+            expect(config.is_file, f"{path} present", "missing", FIX)
+            found = f"{config.user}:{config.group} {config.mode:04o}"
+        expect(found == f"root:{oq['oq_group']} 0640", f"{path} root:{oq['oq_group']} 0640",
+               found, FIX)
 
 
 def test_config_is_the_inventory_rendering(
-    host: Any, oq: dict[str, Any], expected_config: str
+    host: Any, oq: dict[str, Any], expected_config: str, is_master: bool
 ) -> None:
+    for path in config_paths(oq, is_master):
+        _expect_rendering(host, path, expected_config)
+
+
+def _expect_rendering(host: Any, path: str, expected_config: str) -> None:
     with as_root(host):
-        config = host.file(config_path(oq))
-        expect(config.is_file, f"{config_path(oq)} present", "missing", FIX)
+        config = host.file(path)
+        expect(config.is_file, f"{path} present", "missing", FIX)
         content = config.content_string
     diff = [
         line for line in difflib.unified_diff(
@@ -36,7 +55,8 @@ def test_config_is_the_inventory_rendering(
         ) if line[:1] in "+-" and not line.startswith(("+++", "---"))
     ]
     found = "; ".join(_hide_secret(line) for line in diff[:6])
-    expect(not diff, "the file `oqcluster render` gives for this node", found or "same", FIX)
+    expect(not diff, f"{path}: the file `oqcluster render` gives for this node",
+           found or "same", FIX)
 
 
 def _hide_secret(line: str) -> str:

@@ -10,6 +10,12 @@ from oqcluster.nodetests.cluster import Cluster
 from oqcluster.nodetests.expect import as_root, expect
 
 
+def engine_command(oq: dict[str, Any]) -> str:
+    """The flavor's command in the venv: `oqz` (bundled engine) or `oq` (OpenQuake)."""
+    name = "oqz" if oq["oq_engine_flavor"] == "oqzmq" else "oq"
+    return f"{oq['oq_venv_dir']}/bin/{name}"
+
+
 def services(oq: dict[str, Any]) -> list[str]:
     names = ["openquake-dbserver.service"]
     return names + (["openquake-webui.service"] if oq["oq_webui_enabled"] else [])
@@ -37,10 +43,11 @@ def test_master_services_run_enabled_in_the_openquake_slice(
         expect(f"/openquake.slice/{name}" in cgroup, f"{name} in openquake.slice (cgroupfs)",
                cgroup.splitlines()[0] if cgroup else "no process", f"systemctl restart {name}")
     with as_root(host):
-        answer = host.run("runuser -u %s -- env OQ_CONFIG_FILE=%s %s/bin/oqz dbserver status",
+        answer = host.run("runuser -u %s -- env OQ_CONFIG_FILE=%s %s dbserver status",
                           oq["oq_user"], f"{oq['oq_config_dir']}/openquake.cfg",
-                          oq["oq_venv_dir"])
-    expect(answer.rc == 0, "`oqz dbserver status` as the engine's user exits 0",
+                          engine_command(oq))
+    running = answer.rc == 0 and "not-running" not in answer.stdout
+    expect(running, f"`{engine_command(oq)} dbserver status` as the engine's user: running",
            (answer.stdout + answer.stderr).strip()[-300:], "journalctl -u openquake-dbserver")
 
 
@@ -90,21 +97,34 @@ def test_master_shared_dir_is_setgid_and_private(host: Any, oq: dict[str, Any]) 
 
 @pytest.mark.usefixtures("master_only")
 def test_master_has_the_engine_venv_installed_offline(host: Any, oq: dict[str, Any]) -> None:
-    version = host.run("%s/bin/oqz --version", oq["oq_venv_dir"])
-    expect(version.rc == 0, f"{oq['oq_venv_dir']}/bin/oqz --version works",
+    version = host.run("%s --version", engine_command(oq))
+    expect(version.rc == 0, f"{engine_command(oq)} --version works",
            (version.stdout + version.stderr).strip()[-200:], "re-run site.yml --tags engine")
-    wheels = host.run("ls %s/wheelhouse", oq["oq_install_dir"]).stdout.split()
-    expect(any(wheel.startswith("oq_zmq_engine-") for wheel in wheels),
-           f"the engine wheel in {oq['oq_install_dir']}/wheelhouse", " ".join(wheels) or "none",
+    if oq["oq_engine_flavor"] == "openquake":
+        expect(version.stdout.strip() == oq["oq_openquake_version"],
+               f"openquake-engine {oq['oq_openquake_version']}", version.stdout.strip(),
+               "re-run site.yml --tags engine")
+    wheelhouse, wheel = _wheelhouse(oq)
+    wheels = host.run("ls %s", wheelhouse).stdout.split()
+    expect(any(name.startswith(wheel) for name in wheels),
+           f"the engine wheel {wheel}* in {wheelhouse}", " ".join(wheels[:5]) or "none",
            "re-run site.yml --tags engine")
+
+
+def _wheelhouse(oq: dict[str, Any]) -> tuple[str, str]:
+    """Where the master keeps its flavor's wheels, and the engine wheel's name prefix."""
+    if oq["oq_engine_flavor"] == "oqzmq":
+        return f"{oq['oq_install_dir']}/wheelhouse", "oq_zmq_engine-"
+    version = oq["oq_openquake_version"]
+    return (f"{oq['oq_install_dir']}/wheelhouse-openquake-{version}",
+            f"openquake_engine-{version}-")
 
 
 def test_engine_runs_as_openquake_on_every_node(host: Any, oq: dict[str, Any]) -> None:
     """Workers run the master's venv through the export of the software tree."""
     with as_root(host):
-        result = host.run("runuser -u %s -- %s/bin/oqz --version", oq["oq_user"],
-                          oq["oq_venv_dir"])
-    expect(result.rc == 0, f"{oq['oq_venv_dir']}/bin/oqz runs as {oq['oq_user']}",
+        result = host.run("runuser -u %s -- %s --version", oq["oq_user"], engine_command(oq))
+    expect(result.rc == 0, f"{engine_command(oq)} runs as {oq['oq_user']}",
            (result.stdout + result.stderr).strip()[-300:],
            "check the NFS mount of the software tree (findmnt) and the Python version")
 

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 from oqcluster.verify.context import Context
+from oqcluster.verify.outside import refused_from_outside
 from oqcluster.verify.remote import LISTENER, Node
 from oqcluster.verify.results import CheckResult, failed, passed
 
@@ -318,15 +319,26 @@ def _read_config(node: Node, path: str) -> configparser.ConfigParser | str:
     return parser
 
 
-CLUSTER_CHECKS: tuple[tuple[str, Callable[[Context], Iterator[CheckResult]]], ...] = (
+ClusterCheck = Callable[[Context], Iterator[CheckResult]]
+CLUSTER_CHECKS: tuple[tuple[str, ClusterCheck], ...] = (
     ("ports: workers to master", dbserver_reachable),
     ("ports: receivers", receiver_ports_reachable),
     ("ports: master to workers", workerpools_reachable),
     ("workerpools answer", workerpools_answer),
+    ("ports: outside the cluster", refused_from_outside),
     ("ssh: master to workers", ssh_master_to_workers),
     ("shared dir", shared_dir_visible),
     ("openquake.cfg agreement", config_agrees),
 )
+# The bundled engine's pools run between calculations and answer `oqz workers status`; the
+# real engine starts its pools for each calculation (its smoke run proves they start).
+BUNDLED_ENGINE_ONLY = frozenset({workerpools_reachable, workerpools_answer})
 # Checks that leave a trace for a moment (a file in shared_dir, a listening socket):
 # `verify --read-only` skips them, as it skips the smoke calculation.
-WRITING_CHECKS = frozenset({receiver_ports_reachable, shared_dir_visible})
+WRITING_CHECKS = frozenset({receiver_ports_reachable, shared_dir_visible, refused_from_outside})
+
+
+def cluster_checks(flavor: str) -> tuple[tuple[str, ClusterCheck], ...]:
+    """The cluster checks that apply to a cluster of this engine flavor."""
+    return tuple((label, check) for label, check in CLUSTER_CHECKS
+                 if flavor == "oqzmq" or check not in BUNDLED_ENGINE_ONLY)

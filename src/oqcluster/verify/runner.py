@@ -17,7 +17,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from oqcluster.verify.cluster import CLUSTER_CHECKS, WRITING_CHECKS
+from oqcluster.verify.cluster import WRITING_CHECKS, cluster_checks
 from oqcluster.verify.context import Context
 from oqcluster.verify.nodes import run_node_tests, split_hosts
 from oqcluster.verify.remote import Node
@@ -86,7 +86,7 @@ def run_all(
         cluster_futures = [
             _tracked(progress, pool, f"cluster: {label}",
                      lambda label=label, check=check: guarded(label, check, ctx))
-            for label, check in CLUSTER_CHECKS
+            for label, check in cluster_checks(ctx.setting("oq_engine_flavor"))
             if not (read_only and check in WRITING_CHECKS)
         ]
         results = unreachable + [

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 from oqcluster.verify.context import Context
 from oqcluster.verify.results import CheckResult, failed, passed
+from oqcluster.verify.smoke_openquake import smoke_openquake
 
 TASKS_PER_WORKER = 4
 TIMEOUT_SECONDS = 120
@@ -19,6 +20,14 @@ TASKS_LINE = re.compile(r"^tasks/host:\s*(?P<pairs>.*)$", re.MULTILINE)
 
 
 def smoke_calculation(ctx: Context) -> Iterator[CheckResult]:
+    """The flavor's smoke calculation: the bundled engine's demo, or the real engine's."""
+    if ctx.setting("oq_engine_flavor") == "openquake":
+        yield from smoke_openquake(ctx)
+    else:
+        yield from smoke_oqzmq(ctx)
+
+
+def smoke_oqzmq(ctx: Context) -> Iterator[CheckResult]:
     user = ctx.setting("oq_user")
     config = f"{ctx.setting('oq_config_dir')}/openquake.cfg"
     oqz = f"{ctx.setting('oq_venv_dir')}/bin/oqz"
