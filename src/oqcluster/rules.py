@@ -15,13 +15,15 @@ import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 MASTER_GROUP = "master"
 WORKERS_GROUP = "workers"
 DISTRIBUTE_MODES = ("no", "processpool", "zmq")
 MIN_AUTHKEY_LENGTH = 32
+# The real engine's versions this checkout can install: one pinned requirements file each.
+OPENQUAKE_PINS = Path(__file__).resolve().parents[2] / "roles" / "oq_engine" / "files"
 FIRST_UNPRIVILEGED_PORT = 1024
 MAX_PORT = 65535
 NFS_NOBODY_ID = 65534  # root-squashed NFS requests run as this id: never the openquake user's
@@ -36,6 +38,7 @@ CLUSTER_WIDE = (
     "oq_distribute", "oq_multi_user", "oq_dbserver_file", "oq_dbserver_port",
     "oq_receiver_port_first", "oq_receiver_port_last", "oq_ctrl_port",
     "oq_authkey", "oq_default_cores", "oq_soft_mem_limit", "oq_hard_mem_limit",
+    "oq_engine_flavor", "oq_openquake_version",
 )
 PORT_VARIABLES = (
     "oq_dbserver_port", "oq_ctrl_port", "oq_webui_port",
@@ -514,6 +517,25 @@ def _valid_account_name(value: Any) -> bool:
     return (value[0].isalpha() or value[0] == "_") and set(value) <= allowed
 
 
+def pinned_openquake_versions(pins: Path = OPENQUAKE_PINS) -> list[str]:
+    prefix = "openquake-engine-"
+    return sorted(path.stem[len(prefix):] for path in pins.glob(f"{prefix}*.txt"))
+
+
+def _flavor_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    if values.get("oq_engine_flavor") != "openquake" or not OPENQUAKE_PINS.is_dir():
+        return
+    version, pinned = values.get("oq_openquake_version"), pinned_openquake_versions()
+    if str(version) not in pinned:
+        yield Finding(
+            "oq_openquake_version",
+            f"{version!r} has no pinned requirements (roles/oq_engine/files/"
+            f"openquake-engine-{version}.txt); this checkout can install {', '.join(pinned)}",
+            f"set oq_openquake_version to one of {', '.join(pinned)}, or add the pinned "
+            "file for your version as the existing one's header says",
+        )
+
+
 HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
     _user_findings,
     _identity_findings,
@@ -523,4 +545,5 @@ HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
     _memory_findings,
     _cgroup_findings,
     _authkey_findings,
+    _flavor_findings,
 )

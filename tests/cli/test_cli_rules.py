@@ -19,6 +19,7 @@ GOOD: dict[str, Any] = {
     "oq_webui_enabled": True, "oq_webui_port": 8800, "oq_default_cores": -1,
     "oq_authkey": GENERATED, "oq_soft_mem_limit": 90, "oq_hard_mem_limit": 99,
     "oq_memory_high_percent": 90, "oq_memory_max_percent": 95, "oq_swap_off": True,
+    "oq_engine_flavor": "oqzmq", "oq_openquake_version": "3.26.2",
 }
 ADDRESSES = {"m": "192.0.2.1", "w1": "192.0.2.2", "w2": "192.0.2.3"}
 
@@ -147,3 +148,20 @@ def test_a_problem_reads_as_host_variable_message_and_fix() -> None:
     problem = Problem("w1", "oq_cores", "must be -1", "set oq_cores: -1")
 
     assert str(problem) == "w1: oq_cores: must be -1. Fix: set oq_cores: -1"
+
+
+def test_the_real_engine_needs_a_pinned_version() -> None:
+    good = {"oq_engine_flavor": "openquake", "oq_openquake_version": "3.26.2"}
+    assert validate(cluster(good), never_resolves) == []
+    problems = validate(cluster({**good, "oq_openquake_version": "3.99.0"}), never_resolves)
+    assert [(p.variable, p.host) for p in problems] == [("oq_openquake_version", "all hosts")]
+    assert "3.26.2" in problems[0].fix
+    # the bundled engine ignores the version
+    bundled = {"oq_engine_flavor": "oqzmq", "oq_openquake_version": "3.99.0"}
+    assert validate(cluster(bundled), never_resolves) == []
+
+
+def test_the_flavor_is_cluster_wide() -> None:
+    problems = validate(cluster(per_host={"w2": {"oq_engine_flavor": "openquake"}}),
+                        never_resolves)
+    assert [p.variable for p in problems] == ["oq_engine_flavor"]

@@ -21,7 +21,7 @@ from oqcluster.cli import main
 from oqcluster.inventory import Inventory
 from oqcluster.project import find_project
 from oqcluster.verify import cluster as checks
-from oqcluster.verify import report
+from oqcluster.verify import outside, report, smoke_openquake
 from oqcluster.verify.context import Context, build_context
 from oqcluster.verify.results import Status
 from oqcluster.verify.smoke import parse_tasks_per_host
@@ -289,3 +289,42 @@ def test_workers_status_lines_become_states_per_address() -> None:
         "10.0.0.11": "1 of 4 processes busy",
         "10.0.0.12": "not running: no answer within 3s",
     }
+
+
+def test_outside_check_is_not_checked_from_a_cluster_address(
+    project_root: Path, tmp_path: Path, listener: int
+) -> None:
+    ctx = context(local_inventory(tmp_path, dbserver_port=listener, ctrl_port=free_port()))
+
+    [result] = outside.refused_from_outside(ctx)  # verify runs on 127.0.0.1, the master
+
+    assert result.status == Status.SKIP and result.found.startswith("not checked:")
+    assert "outside the cluster" in result.found
+
+
+def test_outside_check_fails_every_port_that_answers_an_outsider(
+    project_root: Path, tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No firewall on loopback: every engine port answers, so every one must fail."""
+    monkeypatch.setattr(outside, "control_address", lambda destination: "192.0.2.99")
+    ctx = context(local_inventory(tmp_path, dbserver_port=listener, ctrl_port=free_port()))
+
+    results = list(outside.refused_from_outside(ctx))
+
+    assert [(r.host, r.status) for r in results] == [("m1", Status.FAIL)] * 3 + [
+        ("w1", Status.FAIL)]
+    assert all("open from 192.0.2.99" in r.found and "--tags firewall" in r.fix
+               for r in results), results
+
+
+def test_the_bundled_engines_pool_checks_are_left_out_for_the_real_engine() -> None:
+    bundled = {check for _, check in checks.cluster_checks("oqzmq")}
+    real = {check for _, check in checks.cluster_checks("openquake")}
+    assert bundled - real == {checks.workerpools_reachable, checks.workerpools_answer}
+    assert outside.refused_from_outside in real
+
+
+def test_the_real_engines_probe_report_is_the_last_json_line() -> None:
+    text = 'Starting oq-zworkerpool\n{"hosts": ["w1", "w2"], "status": []}\n'
+    assert smoke_openquake._last_json(text) == {"hosts": ["w1", "w2"], "status": []}
+    assert smoke_openquake._last_json("Traceback ...\nValueError: x\n") is None

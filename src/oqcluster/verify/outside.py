@@ -12,6 +12,7 @@ the same run; only then does a refusal from the outsider count.
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -100,9 +101,10 @@ def _ensure_listening(node: Node, port: int) -> str:
         f"nohup {node.python} -c %s %s %s %s >/dev/null 2>&1 </dev/null & echo $!",
         LISTENER, node.address, port, LISTEN_SECONDS,
     )
-    for _ in range(10):
+    for _ in range(40):
         if node.probe(node.address, [port], timeout=1.0)[port] == "open":
             break
+        time.sleep(0.3)
     return started.stdout.strip()
 
 
