@@ -33,7 +33,7 @@ class MemoryUse:
     scope: str
 
     def describe(self) -> str:
-        return (f"{self.percent:.0f}% of the memory used ({self.used_mb:.0f} of "
+        return (f"{self.percent:.0f}% of the memory in use ({self.used_mb:.0f} of "
                 f"{self.total_mb:.0f} MB, {self.scope})")
 
 
@@ -159,5 +159,5 @@ class MemoryLimits:
                 f"{what}")
 
     def warning(self, use: MemoryUse, host: str) -> str:
-        return (f"host {host} is using {use.describe()}, above [memory] soft_mem_limit = "
+        return (f"host {host}: {use.describe()}, above [memory] soft_mem_limit = "
                 f"{self.soft}% (at hard_mem_limit = {self.hard}% the calculation is stopped)")

@@ -473,7 +473,7 @@ class Starmap:
     def _iter_remote(self) -> Iterator[Any]:
         if self._receiver is None:  # nothing was submitted
             return
-        last_check = time.monotonic()
+        last_check = 0.0  # check at once: a short Starmap is checked too
         while self._outstanding:
             for pool in self._pools:
                 pool.flush_tasks()
