@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from enginecluster import Cluster
 from enginetasks import partials_then_hang, sleep_first_time, square, wait_for_file
+from oqzmq import launcher
 from oqzmq.config import Config
 from oqzmq.errors import WorkerLost
 from oqzmq.monitor import Monitor
@@ -157,3 +160,51 @@ def test_with_no_pool_left_the_calculation_fails_with_the_reason(
     assert time.monotonic() - paused < 30
     assert "no other workerpool is left" in str(info.value)
     assert sorted(Starmap(square, [(2,), (3,)], distribute="zmq")) == [4, 9]  # both thaw
+
+
+DEMO = ["run", "demo", "--sources", "120", "--sites", "2000", "--tasks", "12"]
+
+
+def run_demo(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "oqzmq.cli", *DEMO], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_demo_completes_with_the_same_curves_when_a_host_freezes_mid_run(
+    cluster: Cluster, config: Config
+) -> None:
+    """The issue's scenario: `oqz run demo` with one worker host frozen while it computes;
+    the default pool timeout (10 s)."""
+    env = {**os.environ, "OQ_CONFIG_FILE": str(cluster.path), "OQ_DATABASE": "none"}
+    env.pop("OQ_POOL_TIMEOUT", None)
+    reference, _ = run_demo(env).communicate(timeout=300)
+    demo = run_demo(env)
+    deadline = time.monotonic() + 60
+    while not busy(config, "127.0.0.3"):
+        assert time.monotonic() < deadline, "127.0.0.3 never got a task"
+        time.sleep(0.05)
+    with frozen(cluster.pool_pid("127.0.0.3")):
+        paused = time.monotonic()
+        out, err = demo.communicate(timeout=300)
+        report("host SIGSTOP mid-demo -> demo complete (default pool_timeout 10 s)",
+               time.monotonic() - paused)
+    assert demo.returncode == 0, err
+    assert checksum(out) == checksum(reference)
+    assert "re-running them on the other workerpools" in err
+    datastore = next(line.split()[1] for line in out.splitlines()
+                     if line.startswith("datastore:"))
+    import h5py
+
+    with h5py.File(datastore) as h5:
+        moves = h5["task_retries"][()]
+    assert len(moves) > 0 and set(moves["from_host"]) == {b"127.0.0.3"}
+    assert all(b"silent" in reason for reason in moves["reason"])
+
+
+def busy(config: Config, host: str) -> bool:
+    reply = launcher.query_pools(config, ("status",), hosts=[host])[host]
+    return reply is not None and int(reply[2]) > 0
+
+
+def checksum(output: str) -> str:
+    return next(line.split()[1] for line in output.splitlines() if line.startswith("checksum:"))
