@@ -10,6 +10,7 @@ fault to its outcome (``pytest -s``).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -202,3 +203,31 @@ def test_a_dbserver_restart_mid_calculation_loses_no_log_line_or_task_record(
     for number in range(tasks):
         assert f"result {number}" in messages, f"log line 'result {number}' lost"
     assert sorted(t["task_no"] for t in task_records) == list(range(tasks))
+
+
+def test_a_master_stopped_longer_than_its_lease_completes_when_it_resumes(
+    site: Site, tmp_path: Path
+) -> None:
+    """SIGSTOP (as Ctrl-Z) past the lease: the pool drops its tasks, reporting them lost;
+    the resumed master re-runs them and completes."""
+    config, env = site.config, site.env
+    master = start_master(env, tmp_path, tasks=1, seconds=600)
+    assert master.stdout is not None
+    calc_id = int(master.stdout.readline())
+    markers = tmp_path / "markers"
+    wait_for(lambda: any(markers.iterdir()), 60, "the task to start")
+    master.send_signal(signal.SIGSTOP)
+    try:
+        report("master SIGSTOP -> its tasks dropped from the pool",
+               wait_for(lambda: pool_idle(config), 30, "the pool to drop the tasks"))
+    finally:
+        master.send_signal(signal.SIGCONT)
+    resumed = time.monotonic()
+    out, _ = master.communicate(timeout=120)
+    report("master SIGCONT -> calculation complete", time.monotonic() - resumed)
+    assert master.returncode == 0
+    assert out.split() == ["0"]
+    assert calc_status(config, calc_id) == "complete"
+    with DbClient(config) as client:
+        messages = [r["message"] for r in client.call("get_logs", calc_id=calc_id)]
+    assert any("has not renewed its lease" in m for m in messages), messages

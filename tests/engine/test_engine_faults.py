@@ -208,3 +208,19 @@ def busy(config: Config, host: str) -> bool:
 
 def checksum(output: str) -> str:
     return next(line.split()[1] for line in output.splitlines() if line.startswith("checksum:"))
+
+
+def test_a_consumer_slower_than_the_pool_timeout_is_not_taken_for_silent_pools(
+    config: Config,
+) -> None:
+    """Time spent by the caller between two results is not the pools' silence."""
+    monitor = Monitor("slow")
+    smap = Starmap(square, [(i,) for i in range(6)], monitor, distribute="zmq",
+                   pool_timeout=1.5)
+    results = []
+    for result in smap:
+        results.append(result)
+        if len(results) == 1:
+            time.sleep(3)  # the other results wait in the receiver meanwhile
+    assert sorted(results) == [i * i for i in range(6)]
+    assert monitor.retries == []

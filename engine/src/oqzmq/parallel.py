@@ -474,7 +474,13 @@ class Starmap:
         if self._receiver is None:  # nothing was submitted
             return
         last_check = 0.0  # check at once: a short Starmap is checked too
+        last_loop = time.monotonic()
         while self._outstanding:
+            now = time.monotonic()
+            if now - last_loop > 1.0:  # the caller held the results, or this process stopped:
+                for pool in self._pools:  # the pools were not silent, we were not listening
+                    pool.last_heard += now - last_loop
+            last_loop = now
             for pool in self._pools:
                 pool.flush_tasks()
             if time.monotonic() - last_check > MEMORY_CHECK:

@@ -373,11 +373,19 @@ class WorkerPool:
         for token in self._tokens():
             silent = now - self.leases.setdefault(token, now)
             if silent > LEASE_TIMEOUT:
-                log.warning("dropping the tasks of calculation %s: its master has not renewed "
-                            "its lease for %.0f s (its process is gone)", token, silent)
+                why = (f"its master has not renewed its lease on the workerpool of host "
+                       f"{self.host} for {silent:.0f} s (its process is gone or stopped)")
+                log.warning("dropping the tasks of calculation %s: %s", token, why)
+                self._report_token_lost(token, why)  # heard only by a master stopped, not gone
                 self._cancel(token)
         for token in [t for t, seen in self.leases.items() if now - seen > 2 * LEASE_TIMEOUT]:
             del self.leases[token]
+
+    def _report_token_lost(self, token: str, why: str) -> None:
+        held = [b for s in self.slots.values() if not s.revoked for b in s.assigned]
+        for batch in [*self.queue, *held]:
+            if batch.token == token:
+                self._report_lost(batch, why)
 
     def _cancel(self, token: str) -> None:
         self.queue.remove(token)
