@@ -336,7 +336,9 @@ class Starmap:
             except BaseException:
                 self.shutdown()  # no socket or context left behind (PortsExhausted, ...)
                 raise
-        frames = self._args[task_no] = protocol.dumps(args)
+        frames = protocol.dumps(args)
+        if self.task_retries or self.config.oom_retries:  # kept to re-run the task if lost
+            self._args[task_no] = frames
         self._send_task(self._choose_pool(host), task_no, task_no, frames)
         return task_no
 
