@@ -634,6 +634,7 @@ class Starmap:
             pool.outstanding -= 1
         self._done.add(task_no)
         self._args.pop(task_no, None)
+        self._yielded.pop(task_no, None)
         time_sec, nbytes, nresults, stats, error = report
         if kind == "error" or kind == "lost":
             exception = WorkerLost if kind == "lost" else TaskError
