@@ -191,6 +191,7 @@ def test_the_demo_completes_with_the_same_curves_when_a_host_freezes_mid_run(
     assert demo.returncode == 0, err
     assert checksum(out) == checksum(reference)
     assert "re-running them on the other workerpools" in err
+    assert "re-runs:    " in out
     datastore = next(line.split()[1] for line in out.splitlines()
                      if line.startswith("datastore:"))
     import h5py
