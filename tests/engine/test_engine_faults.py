@@ -127,15 +127,8 @@ def test_the_tasks_of_a_frozen_pool_move_to_the_others_and_it_rejoins(
     assert all("silent" in r.reason for r in monitor.retries)
     assert smap.live_hosts == ["127.0.0.2"]
     thawed = time.monotonic()
-
-    def open_gate_on_rejoin() -> None:
-        deadline = time.monotonic() + 30
-        while "127.0.0.3" not in smap.live_hosts and time.monotonic() < deadline:
-            time.sleep(0.05)
-        gate.touch()
-
-    threading.Thread(target=open_gate_on_rejoin, daemon=True).start()
-    assert next(results) == 5
+    threading.Thread(target=touch_on_rejoin, args=(smap, "127.0.0.3", gate), daemon=True).start()
+    assert next(results) == 5  # the gate opens once the pool rejoined
     report("pool SIGCONT -> rejoined", time.monotonic() - thawed)
     assert "127.0.0.3" in smap.live_hosts
     smap.submit_to("127.0.0.3", str(ready), 6)
@@ -225,3 +218,40 @@ def test_a_consumer_slower_than_the_pool_timeout_is_not_taken_for_silent_pools(
             time.sleep(3)  # the other results wait in the receiver meanwhile
     assert sorted(results) == [i * i for i in range(6)]
     assert monitor.retries == []
+
+
+def test_the_tasks_of_a_killed_pool_move_and_its_restarted_pool_rejoins(
+    cluster: Cluster, config: Config, tmp_path: Path
+) -> None:
+    """The pool process of 127.0.0.3 is SIGKILLed (its workers follow it): its tasks run on
+    127.0.0.2; a new pool started on that host joins the running calculation."""
+    gate, ready = tmp_path / "gate", tmp_path / "ready"
+    ready.touch()
+    monitor = Monitor("killed pool")
+    smap = Starmap(wait_for_file, monitor=monitor, distribute="zmq", pool_timeout=2)
+    smap.submit_to("127.0.0.2", str(ready), 0)  # the Starmap meets its pools
+    os.kill(cluster.pool_pid("127.0.0.3"), signal.SIGKILL)
+    killed = time.monotonic()
+    for value in range(1, 5):
+        smap.submit_to("127.0.0.3", str(ready), value)
+    results = iter(smap)
+    assert sorted(next(results) for _ in range(5)) == [0, 1, 2, 3, 4]
+    report("pool SIGKILL -> its 4 tasks done elsewhere (pool_timeout 2 s)",
+           time.monotonic() - killed)
+    assert {r.from_host for r in monitor.retries} == {"127.0.0.3"}
+    smap.submit_to("127.0.0.2", str(gate), 5)  # keeps the calculation going
+    threading.Thread(target=touch_on_rejoin, args=(smap, "127.0.0.3", gate), daemon=True).start()
+    restarted = time.monotonic()
+    assert all(r.ok for r in launcher.start_pools(config, "local", wait=60))
+    assert next(results) == 5  # the gate opens once the new pool rejoined
+    report("new pool started -> rejoined", time.monotonic() - restarted)
+    smap.submit_to("127.0.0.3", str(ready), 6)
+    assert list(results) == [6]
+    assert monitor.tasks[-1].host == "127.0.0.3"
+
+
+def touch_on_rejoin(smap: Starmap, host: str, gate: Path) -> None:
+    deadline = time.monotonic() + 60
+    while host not in smap.live_hosts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gate.touch()
