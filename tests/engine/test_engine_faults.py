@@ -109,7 +109,7 @@ def test_the_tasks_of_a_frozen_pool_move_to_the_others_and_it_rejoins(
     gate, ready = tmp_path / "gate", tmp_path / "ready"
     ready.touch()
     monitor = Monitor("frozen")
-    smap = Starmap(wait_for_file, monitor=monitor, distribute="zmq", pool_timeout=2)
+    smap = Starmap(wait_for_file, monitor=monitor, distribute="zmq", pool_timeout=4)
     smap.submit_to("127.0.0.2", str(ready), 0)  # the Starmap meets its pools
     pid = cluster.pool_pid("127.0.0.3")
     with frozen(pid):
@@ -118,7 +118,7 @@ def test_the_tasks_of_a_frozen_pool_move_to_the_others_and_it_rejoins(
         paused = time.monotonic()
         results = iter(smap)
         done = sorted(next(results) for _ in range(5))
-        report("pool SIGSTOP -> its 4 tasks done elsewhere (pool_timeout 2 s)",
+        report("pool SIGSTOP -> its 4 tasks done elsewhere (pool_timeout 4 s)",
                time.monotonic() - paused)
         smap.submit_to("127.0.0.2", str(gate), 5)  # keeps the calculation going
     assert done == [0, 1, 2, 3, 4]
@@ -139,7 +139,7 @@ def test_the_tasks_of_a_frozen_pool_move_to_the_others_and_it_rejoins(
 def test_with_no_pool_left_the_calculation_fails_with_the_reason(
     cluster: Cluster, config: Config, tmp_path: Path
 ) -> None:
-    smap = Starmap(square, distribute="zmq", pool_timeout=2)
+    smap = Starmap(square, distribute="zmq", pool_timeout=4)
     smap.submit(0)  # the Starmap meets its pools
     pids = [cluster.pool_pid(host) for host in ("127.0.0.2", "127.0.0.3")]
     with frozen(pids[0]), frozen(pids[1]):
@@ -148,7 +148,7 @@ def test_with_no_pool_left_the_calculation_fails_with_the_reason(
         paused = time.monotonic()
         with pytest.raises(WorkerLost) as info:
             list(smap)
-        report("all pools SIGSTOP -> calculation failed (pool_timeout 2 s)",
+        report("all pools SIGSTOP -> calculation failed (pool_timeout 4 s)",
                time.monotonic() - paused)
     assert time.monotonic() - paused < 30
     assert "no other workerpool is left" in str(info.value)
@@ -210,12 +210,12 @@ def test_a_consumer_slower_than_the_pool_timeout_is_not_taken_for_silent_pools(
     """Time spent by the caller between two results is not the pools' silence."""
     monitor = Monitor("slow")
     smap = Starmap(square, [(i,) for i in range(6)], monitor, distribute="zmq",
-                   pool_timeout=1.5)
+                   pool_timeout=3)
     results = []
     for result in smap:
         results.append(result)
         if len(results) == 1:
-            time.sleep(3)  # the other results wait in the receiver meanwhile
+            time.sleep(4.5)  # the other results wait in the receiver meanwhile
     assert sorted(results) == [i * i for i in range(6)]
     assert monitor.retries == []
 
@@ -228,7 +228,7 @@ def test_the_tasks_of_a_killed_pool_move_and_its_restarted_pool_rejoins(
     gate, ready = tmp_path / "gate", tmp_path / "ready"
     ready.touch()
     monitor = Monitor("killed pool")
-    smap = Starmap(wait_for_file, monitor=monitor, distribute="zmq", pool_timeout=2)
+    smap = Starmap(wait_for_file, monitor=monitor, distribute="zmq", pool_timeout=4)
     smap.submit_to("127.0.0.2", str(ready), 0)  # the Starmap meets its pools
     os.kill(cluster.pool_pid("127.0.0.3"), signal.SIGKILL)
     killed = time.monotonic()
@@ -236,7 +236,7 @@ def test_the_tasks_of_a_killed_pool_move_and_its_restarted_pool_rejoins(
         smap.submit_to("127.0.0.3", str(ready), value)
     results = iter(smap)
     assert sorted(next(results) for _ in range(5)) == [0, 1, 2, 3, 4]
-    report("pool SIGKILL -> its 4 tasks done elsewhere (pool_timeout 2 s)",
+    report("pool SIGKILL -> its 4 tasks done elsewhere (pool_timeout 4 s)",
            time.monotonic() - killed)
     assert {r.from_host for r in monitor.retries} == {"127.0.0.3"}
     smap.submit_to("127.0.0.2", str(gate), 5)  # keeps the calculation going
