@@ -38,7 +38,7 @@ CLUSTER_WIDE = (
     "oq_distribute", "oq_multi_user", "oq_dbserver_file", "oq_dbserver_port",
     "oq_receiver_port_first", "oq_receiver_port_last", "oq_ctrl_port",
     "oq_authkey", "oq_default_cores", "oq_soft_mem_limit", "oq_hard_mem_limit",
-    "oq_engine_flavor", "oq_openquake_version",
+    "oq_engine_flavor", "oq_openquake_version", "oq_task_retries", "oq_oom_retries",
 )
 PORT_VARIABLES = (
     "oq_dbserver_port", "oq_ctrl_port", "oq_webui_port",
@@ -445,6 +445,14 @@ def _memory_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
         )
 
 
+def _retries_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    for name in ("oq_task_retries", "oq_oom_retries"):
+        value = values.get(name)
+        if value is not None and not (isinstance(value, int) and 0 <= value <= 100):
+            yield Finding(name, f"must be a number of re-runs in 0..100, got {value!r}",
+                          f"set {name}: 0 (never re-run) or a small number such as 2")
+
+
 def _cgroup_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
     high, peak = values.get("oq_memory_high_percent"), values.get("oq_memory_max_percent")
     if high is None or peak is None:
@@ -543,6 +551,7 @@ HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
     _choice_findings,
     _port_findings,
     _memory_findings,
+    _retries_findings,
     _cgroup_findings,
     _authkey_findings,
     _flavor_findings,

@@ -74,6 +74,8 @@ def test_a_good_cluster_has_no_problem() -> None:
         ({"oq_soft_mem_limit": 99, "oq_hard_mem_limit": 90}, "oq_soft_mem_limit"),
         ({"oq_hard_mem_limit": 101}, "oq_soft_mem_limit"),
         ({"oq_soft_mem_limit": 0}, "oq_soft_mem_limit"),
+        ({"oq_task_retries": -1}, "oq_task_retries"),
+        ({"oq_oom_retries": "many"}, "oq_oom_retries"),
         ({"oq_memory_high_percent": 96}, "oq_memory_high_percent"),
         ({"oq_distribute": "celery"}, "oq_distribute"),
         ({"oq_multi_user": "yes"}, "oq_multi_user"),

@@ -196,3 +196,30 @@ def test_a_calculation_whose_process_died_does_not_block_the_queue(
     assert client.call("get_calc", calc_id=calc.id)["status"] == "complete"
     assert client.call("get_calc", calc_id=stuck["id"])["status"] == "failed"
     assert f"process {dead.pid}" in client.call("get_traceback", calc_id=stuck["id"])
+
+
+def test_records_beyond_the_buffer_during_an_outage_are_counted_in_the_log(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oqzmq.dbserver import DbServer
+
+    monkeypatch.setattr(logs, "MAX_BUFFERED", 50)
+    servers = [DbServer(config)]
+    threading.Thread(target=servers[0].serve_forever, daemon=True).start()
+    with calculation(config, client=DbClient(config, timeout=1.0)) as calc:
+        time.sleep(0.7)  # shipped: the calculation is executing
+        servers[0].stop()
+        time.sleep(0.5)
+        for number in range(80):
+            log.info("outage record %d", number)
+        servers.append(DbServer(config))
+        threading.Thread(target=servers[1].serve_forever, daemon=True).start()
+    try:
+        with DbClient(config) as client:
+            messages = [r["message"] for r in client.call("get_logs", calc_id=calc.id)]
+    finally:
+        servers[1].stop()
+    kept = [m for m in messages if m.startswith("outage record")]
+    assert kept == [f"outage record {n}" for n in range(len(kept))]
+    [warning] = [m for m in messages if "log records were dropped: more than 50" in m]
+    assert len(kept) < 80 and int(warning.split()[0]) >= 80 - len(kept)  # and the server's

@@ -37,3 +37,40 @@ def pid_then_sleep(path: str, seconds: float, monitor: Monitor) -> int:
 def touch(path: str, monitor: Monitor) -> str:
     Path(path).touch()
     return path
+
+
+def sleep_first_time(marker: str, seconds: float, value: int, monitor: Monitor) -> int:
+    """The first run writes its pid to ``marker`` and sleeps (to be killed or frozen); a re-run
+    (the marker exists) returns at once."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text(str(os.getpid()))
+        time.sleep(seconds)
+    return value
+
+
+def partials_then_hang(marker: str, n: int, monitor: Monitor):
+    """Yield n large partial results (sent at once, not batched); the first run stops after
+    3 of them, writes its pid to ``marker`` and hangs (to be killed)."""
+    for i in range(n):
+        if i == 3 and not Path(marker).exists():
+            Path(marker).write_text(str(os.getpid()))
+            time.sleep(120)
+        yield i, np.full(40_000, float(i))
+
+
+def wait_for_file(path: str, value: int, monitor: Monitor) -> int:
+    """Return ``value`` once ``path`` exists (at most 120 s)."""
+    deadline = time.monotonic() + 120
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
+
+
+def hog(total_mb: int, step_mb: int, pause: float, monitor: Monitor) -> int:
+    """Allocate (and touch) ``total_mb`` MB, ``step_mb`` at a time, ``pause`` s apart."""
+    held = []
+    for _ in range(total_mb // step_mb):
+        held.append(np.ones(step_mb << 17))  # 8-byte floats: step_mb MB
+        time.sleep(pause)
+    return sum(a.nbytes for a in held) >> 20

@@ -18,6 +18,7 @@ from oqzmq.config import (
 FULL = """\
 [distribution]
 oq_distribute = zmq
+task_retries = 3
 
 [dbserver]
 multi_user = true
@@ -41,6 +42,7 @@ custom_tmp =
 [memory]
 soft_mem_limit = 90
 hard_mem_limit = 99
+oom_retries = 1
 """
 
 
@@ -62,6 +64,8 @@ def test_reads_every_key_of_the_rendered_template(tmp_path: Path) -> None:
     assert cfg.shared_dir == "/oq_shared"
     assert cfg.custom_tmp == ""
     assert cfg.require_authkey().startswith("Zx8k")
+    assert (cfg.soft_mem_limit, cfg.hard_mem_limit) == (90, 99)
+    assert (cfg.task_retries, cfg.oom_retries) == (3, 1)
 
 
 def test_oq_distribute_overrides_the_file(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ def test_tasks_the_workers_cannot_unpickle_fail_saying_why(
 
 def test_sigkilled_worker_ends_the_calculation_quickly(config: Config, tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
-    smap = Starmap(pid_then_sleep, distribute="zmq")
+    smap = Starmap(pid_then_sleep, distribute="zmq", task_retries=0)
     smap.submit_to("127.0.0.3", str(pidfile), 60)
     start = time.monotonic()
     while not pidfile.exists() or not pidfile.read_text():
@@ -137,7 +137,7 @@ def test_tasks_sent_to_a_worker_that_dies_run_on_its_replacement(
     """A task of another calculation, queued on the worker process behind the one running
     when it was killed, goes back to the pool's queue and runs on the new process."""
     pidfile = tmp_path / "pid"
-    doomed = Starmap(pid_then_sleep, distribute="zmq")
+    doomed = Starmap(pid_then_sleep, distribute="zmq", task_retries=0)
     doomed.submit_to("127.0.0.3", str(pidfile), 60)  # the only worker process of that pool
     start = time.monotonic()
     while not pidfile.exists() or not pidfile.read_text():
@@ -163,10 +163,12 @@ def held_by(config: Config, host: str, pid: int) -> list[str]:
     return reply[2].get(pid, [])
 
 
-def test_silent_pool_ends_the_calculation(cluster: Cluster, config: Config) -> None:
-    """A pool that stops answering (host frozen) turns its tasks into an error."""
+def test_silent_pool_ends_the_calculation_without_retries(cluster: Cluster,
+                                                          config: Config) -> None:
+    """A pool that stops answering (host frozen) turns its tasks into an error when they may
+    not be re-run (test_engine_faults: they are, by default)."""
     pid = cluster.pool_pid("127.0.0.3")
-    smap = Starmap(square, distribute="zmq", pool_timeout=1.5)
+    smap = Starmap(square, distribute="zmq", pool_timeout=1.5, task_retries=0)
     smap.submit(1)  # goes to 127.0.0.2 (2 processes, least loaded)
     os.kill(pid, signal.SIGSTOP)
     try:

@@ -62,6 +62,8 @@ class Config:
     custom_tmp: str = ""
     soft_mem_limit: int = 90
     hard_mem_limit: int = 99
+    task_retries: int = 2  # times a task lost with its worker or pool is re-run
+    oom_retries: int = 0  # of those, after its worker ran out of memory
 
     @property
     def source(self) -> str:
@@ -194,8 +196,13 @@ def _parse_file(path: Path) -> Config:
         ctrl_port=_to_int(get("zworkers", "ctrl_port", "1909"), where("zworkers", "ctrl_port")),
         shared_dir=get("directory", "shared_dir"),
         custom_tmp=get("directory", "custom_tmp"),
-        soft_mem_limit=_to_int(get("memory", "soft_mem_limit", "90"), where("memory", "soft")),
-        hard_mem_limit=_to_int(get("memory", "hard_mem_limit", "99"), where("memory", "hard")),
+        soft_mem_limit=_to_int(get("memory", "soft_mem_limit", "90"),
+                               where("memory", "soft_mem_limit")),
+        hard_mem_limit=_to_int(get("memory", "hard_mem_limit", "99"),
+                               where("memory", "hard_mem_limit")),
+        task_retries=_to_count(get("distribution", "task_retries", "2"),
+                               where("distribution", "task_retries")),
+        oom_retries=_to_count(get("memory", "oom_retries", "0"), where("memory", "oom_retries")),
     )
 
 
@@ -211,6 +218,13 @@ def _to_int(text: str, where: str) -> int:
         return int(text)
     except ValueError:
         raise ConfigError(f"{where} = {text!r} is not an integer") from None
+
+
+def _to_count(text: str, where: str) -> int:
+    count = _to_int(text, where)
+    if count < 0:
+        raise ConfigError(f"{where} = {text!r}: use a number >= 0")
+    return count
 
 
 def _to_bool(text: str, where: str) -> bool:

@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,10 @@ MAX_LIST = 10_000
 # zmq drops larger messages before we see them: an unauthenticated peer cannot make the
 # dbserver buffer gigabytes. Clients send logs in batches far below this.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SWEEP_SECONDS = 2.0  # how often active calculations whose process is gone are marked failed
+# A calculation running on another host ships its logs every 0.5 s: this long without a word
+# from it, its process is taken for dead (its pid cannot be checked from here).
+REMOTE_SILENCE = float(os.environ.get("OQ_CALC_SILENCE", "120"))
 
 
 class DbServerError(UserError):
@@ -91,6 +95,7 @@ class Actions:
     multi_user: bool = False
     on_stop: Callable[[], None] | None = None
     server_user: str = ""
+    heard: dict[int, float] = field(default_factory=dict)  # calc id -> its process last spoke
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         request_id = request.get("id")
@@ -170,6 +175,7 @@ class Actions:
 
     def do_add_logs(self, user: str, calc_id: int, records: list[list[Any]]) -> dict[str, Any]:
         calc = self._owned(user, calc_id)
+        self.heard[calc.id] = time.monotonic()
         added = self.db.add_logs(calc.id, records)
         # the reply doubles as the abort channel of the running calculation
         return {"added": added, "abort_requested": self.db.get_calc(calc.id).abort_requested}
@@ -205,6 +211,7 @@ class Actions:
     def do_blocking_calcs(self, user: str, calc_id: int, serialize_jobs: int) -> list[int]:
         """Ids of the older active calculations that calc_id must wait for (serialize_jobs)."""
         calc = self._owned(user, calc_id)
+        self.heard[calc.id] = time.monotonic()
         if int(serialize_jobs) <= 0:
             return []
         older = [c for c in self.db.active_calcs() if c.id < calc.id]
@@ -212,17 +219,36 @@ class Actions:
         # at most serialize_jobs calculations run at once, first come first served
         return older if len(older) >= int(serialize_jobs) else []
 
+    def sweep_dead(self) -> None:
+        """Mark failed the active calculations whose process is gone: on this host its pid
+        is checked, on another host REMOTE_SILENCE s without a word from it is death."""
+        now = time.monotonic()
+        for calc in self.db.active_calcs():
+            if not calc.host:  # recorded by a client that did not say where it runs
+                continue
+            if calc.host == socket.gethostname():
+                self._failed_if_dead(calc)
+            elif now - self.heard.setdefault(calc.id, now) > REMOTE_SILENCE:
+                self._mark_failed(calc, (
+                    f"the process {calc.pid} running calculation {calc.id} on {calc.host} has "
+                    f"not contacted the dbserver for {REMOTE_SILENCE:.0f} s (killed, out of "
+                    "memory, host down): marked failed by the dbserver"))
+
     def _failed_if_dead(self, calc: Calc) -> bool:
         """Mark failed an active calculation whose process on this host is gone (killed,
         crashed): it would otherwise hold the serialize_jobs queue forever."""
         if calc.host != socket.gethostname() or calc.pid <= 0 or pid_alive(calc.pid):
             return False
-        reason = (f"the process {calc.pid} running calculation {calc.id} on {calc.host} is "
-                  "gone (killed, out of memory or crashed): marked failed by the dbserver")
+        self._mark_failed(calc, (
+            f"the process {calc.pid} running calculation {calc.id} on {calc.host} is gone "
+            "(killed, out of memory or crashed): marked failed by the dbserver"))
+        return True
+
+    def _mark_failed(self, calc: Calc, reason: str) -> None:
         log.warning("%s", reason)
         self.db.set_traceback(calc.id, reason)
         self.db.set_status(calc.id, "failed")
-        return True
+        self.heard.pop(calc.id, None)
 
 
 def pid_alive(pid: int) -> bool:
@@ -291,13 +317,23 @@ class DbServer:
                  __version__, self.address, self._db.path, self.config.multi_user)
         if ready is not None:
             ready()
+        last_sweep = time.monotonic()
         try:
             while not self._stopping.is_set():
                 if self._socket.poll(self.POLL_MS):
                     self._serve_one(self._socket.recv_multipart(copy=False))
+                if time.monotonic() - last_sweep >= SWEEP_SECONDS:
+                    last_sweep = time.monotonic()
+                    self._sweep()
         finally:
             self.close()
             log.info("dbserver stopped")
+
+    def _sweep(self) -> None:
+        try:
+            self.actions.sweep_dead()
+        except (DbError, sqlite3.Error):
+            log.exception("cannot check the active calculations")
 
     def close(self) -> None:
         self._socket.close(linger=1000)

@@ -54,6 +54,7 @@ class DemoResult:
     checksum: str
     tasks_per_host: dict[str, int]
     max_poe: float
+    moves: int = 0  # tasks re-run after a fault (the datastore's task_retries table)
 
 
 def make_model(seed: int, n_sources: int, n_sites: int) -> tuple[np.ndarray, np.ndarray]:
@@ -156,4 +157,5 @@ def run_demo(
         calc_id, path, time.perf_counter() - start,
         hashlib.sha256(hcurves.tobytes()).hexdigest()[:16],
         dict(Counter(t.host for t in monitor.tasks)), float(hcurves.max()),
+        len(monitor.retries),
     )

@@ -142,12 +142,15 @@ class DbLogHandler(logging.Handler):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="oqz-log-shipper", daemon=True)
         self._warned = False
+        self._dropped = 0  # records that did not fit while the dbserver was unreachable
 
     def emit(self, record: logging.LogRecord) -> None:
         line = [record.created, record.levelname, self.process, self.format(record)]
         with self._lock:
             if len(self._buffer) < MAX_BUFFERED:
                 self._buffer.append(line)
+            else:
+                self._dropped += 1
 
     def start(self) -> None:
         self._thread.start()
@@ -167,6 +170,11 @@ class DbLogHandler(logging.Handler):
         while True:
             with self._lock:
                 batch, self._buffer = self._buffer[:LOG_BATCH], self._buffer[LOG_BATCH:]
+                dropped, self._dropped = self._dropped, 0
+            if dropped:  # say so in the log itself: a gap nobody is told about is a lie
+                batch.append([time.time(), "WARNING", self.process,
+                              f"{dropped} log records were dropped: more than {MAX_BUFFERED} "
+                              "waited while the dbserver was unreachable"])
             if not self._ship(batch) or not self._buffer:
                 return
 
@@ -175,7 +183,9 @@ class DbLogHandler(logging.Handler):
             reply = self.calc.client.call("add_logs", calc_id=self.calc.id, records=batch)
         except DbServerError as exc:
             with self._lock:  # keep them for the next try: the dbserver may be restarting
-                self._buffer[:0] = batch[: MAX_BUFFERED - len(self._buffer)]
+                keep = batch[: max(0, MAX_BUFFERED - len(self._buffer))]
+                self._dropped += len(batch) - len(keep)
+                self._buffer[:0] = keep
             if not self._warned:
                 self._warned = True
                 print(f"oqz: warning: cannot ship logs: {exc}", flush=True)

@@ -9,6 +9,9 @@ calculation's HDF5 datastore:
                  operation, time_sec (summed), memory_mb (peak RSS seen), counts, bytes, nresults
 ``task_info``    one row per task: task_no, operation, host, pid, time_sec, memory_mb, bytes,
                  nresults
+``task_retries`` one row per re-run of a task (see :mod:`oqzmq.parallel`): task_no,
+                 operation, from_host (where it was lost), to_host, attempt (1 = first re-run),
+                 reason (why it was lost: the worker killed, out of memory, the pool silent)
 
 ``memory_mb`` is the peak resident memory of the process that ran the block (``ru_maxrss``):
 what a sysadmin needs to size worker RAM.
@@ -33,6 +36,10 @@ PERFORMANCE_DTYPE = np.dtype(
 TASK_INFO_DTYPE = np.dtype(
     [("task_no", "i8"), ("operation", "S80"), ("host", "S64"), ("pid", "i8"),
      ("time_sec", "f8"), ("memory_mb", "f8"), ("bytes", "i8"), ("nresults", "i8")]
+)
+TASK_RETRIES_DTYPE = np.dtype(
+    [("task_no", "i8"), ("operation", "S80"), ("from_host", "S64"), ("to_host", "S64"),
+     ("attempt", "i8"), ("reason", "S400")]
 )
 
 
@@ -72,6 +79,17 @@ class TaskRecord(NamedTuple):
     nresults: int
 
 
+class TaskRetry(NamedTuple):
+    """A task lost on ``from_host`` (``reason``) and run again on ``to_host``."""
+
+    task_no: int
+    operation: str
+    from_host: str
+    to_host: str
+    attempt: int
+    reason: str
+
+
 @dataclass
 class Monitor:
     """Measures blocks and tasks; the master's instance also collects the workers' figures.
@@ -84,7 +102,9 @@ class Monitor:
     hdf5path: str | Path | None = None
     stats: dict[str, OperationStats] = field(default_factory=dict)
     tasks: list[TaskRecord] = field(default_factory=list)
+    retries: list[TaskRetry] = field(default_factory=list)
     _flushed_tasks: int = 0
+    _flushed_retries: int = 0
 
     def __call__(self, operation: str) -> Block:
         """A context manager measuring the named block into this monitor."""
@@ -107,6 +127,9 @@ class Monitor:
         stats.counts += 1
         stats.bytes += record.bytes
         stats.nresults += record.nresults
+
+    def add_retry(self, retry: TaskRetry) -> None:
+        self.retries.append(retry)
 
     def child(self) -> Monitor:
         """A fresh monitor for one task, carrying only the name."""
@@ -132,18 +155,29 @@ class Monitor:
               t.memory_mb, t.bytes, t.nresults) for t in self.tasks[self._flushed_tasks:]],
             dtype=TASK_INFO_DTYPE,
         )
+        retries = np.array(
+            [(r.task_no, r.operation.encode()[:80], r.from_host.encode()[:64],
+              r.to_host.encode()[:64], r.attempt, r.reason.encode()[:400])
+             for r in self.retries[self._flushed_retries:]], dtype=TASK_RETRIES_DTYPE)
         with h5py.File(self.hdf5path, "a") as h5:
             if "performance" in h5:
                 del h5["performance"]
             h5.create_dataset("performance", data=self.performance_table())
-            if "task_info" not in h5:
-                h5.create_dataset("task_info", data=new_rows, maxshape=(None,), chunks=True)
-            else:
-                table = h5["task_info"]
-                start = table.shape[0]
-                table.resize((start + len(new_rows),))
-                table[start:] = new_rows
+            _append(h5, "task_info", new_rows)
+            if len(retries) or "task_retries" in h5:
+                _append(h5, "task_retries", retries)
         self._flushed_tasks = len(self.tasks)
+        self._flushed_retries = len(self.retries)
+
+
+def _append(h5: h5py.File, name: str, rows: np.ndarray) -> None:
+    if name not in h5:
+        h5.create_dataset(name, data=rows, maxshape=(None,), chunks=True)
+        return
+    table = h5[name]
+    start = table.shape[0]
+    table.resize((start + len(rows),))
+    table[start:] = rows
 
 
 class Block:

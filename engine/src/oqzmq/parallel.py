@@ -20,8 +20,23 @@ argument):
                  ``[dbserver] receiver_ports`` (one per live Starmap)
 
 No calculation hangs: a task that raises ends the iteration with a :class:`TaskError` naming the
-task, the host and the remote traceback; a worker process that dies (OOM, SIGKILL) or a
-workerpool that stops answering for ``pool_timeout`` seconds ends it with :class:`WorkerLost`.
+task, the host and the remote traceback. Faults (see "Faults" in the engine's README):
+
+* a task whose worker process dies (SIGKILL, crash) is re-run, on another pool when there is
+  one, at most ``[distribution] task_retries`` times; one whose worker ran out of memory (the
+  OOM killer, or the pool's ``[memory] hard_mem_limit``) at most ``[memory] oom_retries``
+  times (default 0: the calculation fails with :class:`WorkerLost` saying so);
+* a workerpool silent for ``pool_timeout`` seconds (host gone, frozen) is dropped from the
+  Starmap and its outstanding tasks re-run on the other pools (the same bound); with no pool
+  left the iteration ends with :class:`WorkerLost`. A dropped pool is pinged every
+  ``PROBE_INTERVAL`` s and rejoins (takes re-run and new tasks) when it answers again;
+* every move is logged (a warning, which reaches the calculation's log) and recorded in the
+  datastore's ``task_retries`` table; a re-run generator task's partial results already
+  received from its lost run are skipped (tasks must be deterministic, as OpenQuake's are);
+* a thread of this process renews the lease of its live Starmaps on their pools every
+  ``LEASE_INTERVAL`` s: when the process dies, the pools drop its tasks (LEASE_TIMEOUT);
+* ``[memory]`` limits are checked on this host while results arrive, as the real engine
+  does: a warning above ``soft_mem_limit``, :class:`MemoryError` above ``hard_mem_limit``.
 """
 
 from __future__ import annotations
@@ -33,6 +48,7 @@ import logging
 import os
 import pickle
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,13 +65,17 @@ from oqzmq import protocol
 from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.config import Config, load_config
 from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
-from oqzmq.monitor import Monitor, OperationStats, TaskRecord, peak_memory_mb
+from oqzmq.memory import MemoryLimits
+from oqzmq.monitor import Monitor, OperationStats, TaskRecord, TaskRetry, peak_memory_mb
 from oqzmq.worker import Report, execute, stats_from_report, task_name
 
 log = logging.getLogger(__name__)
 
 POOL_TIMEOUT = float(os.environ.get("OQ_POOL_TIMEOUT", "10"))
 PING_TIMEOUT = 5.0
+PROBE_INTERVAL = 2.0  # a dropped pool is pinged this often, to rejoin when it answers
+LEASE_INTERVAL = 2.0  # see oqzmq.workerpool LEASE_TIMEOUT
+MEMORY_CHECK = 1.0
 # Tasks submitted together travel together (fewer, larger messages for tiny tasks; see
 # oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than).
 BATCH_TASKS = 256
@@ -81,6 +101,8 @@ class PoolHandle:
     reply_endpoint: str = ""
     func: bytes = b""  # its pickled task function and monitor name
     last_flush: float = 0.0
+    alive: bool = True  # False once dropped (silent); True again when it answers a ping
+    last_ping: float = 0.0
 
     @property
     def pool_id(self) -> str:
@@ -197,6 +219,53 @@ class LocalPool:
             pool.tmpdir.cleanup()
 
 
+class LeaseKeeper:
+    """The thread that tells the pools, every LEASE_INTERVAL s, which Starmaps of this
+    process are alive: a thread, so a master busy between two results still renews them, and
+    its own sockets (zmq sockets are not thread-safe). When the process dies, renewals stop."""
+
+    _lock = threading.Lock()
+    _instance: LeaseKeeper | None = None
+
+    def __init__(self) -> None:
+        self.leases: dict[str, tuple[str, tuple[str, ...]]] = {}  # token -> authkey, endpoints
+        self.thread = threading.Thread(target=self._run, name="oqz-leases", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def hold(cls, token: str, authkey: str, endpoints: Sequence[str]) -> None:
+        with cls._lock:
+            if cls._instance is None or not cls._instance.thread.is_alive():
+                cls._instance = LeaseKeeper()
+            cls._instance.leases[token] = (authkey, tuple(endpoints))
+
+    @classmethod
+    def release(cls, token: str) -> None:
+        with cls._lock:
+            if cls._instance is not None:
+                cls._instance.leases.pop(token, None)
+
+    def _run(self) -> None:
+        context = zmq.Context()
+        sockets: dict[tuple[str, str], tuple[zmq.Socket, Signer]] = {}
+        while True:
+            time.sleep(LEASE_INTERVAL)
+            with self._lock:
+                leases = list(self.leases.items())
+            tokens: dict[tuple[str, str], list[str]] = {}
+            for token, (authkey, endpoints) in leases:
+                for endpoint in endpoints:
+                    tokens.setdefault((endpoint, authkey), []).append(token)
+            for key, held in tokens.items():
+                if key not in sockets:
+                    sock = context.socket(zmq.DEALER)
+                    sock.setsockopt(zmq.LINGER, 0)
+                    sock.setsockopt(zmq.SNDHWM, 16)  # a frozen pool needs only the latest
+                    sock.connect(key[0])
+                    sockets[key] = (sock, Signer(key[1], f"ctrl:{key[0]}"))
+                protocol.send_nowait(*sockets[key], ("lease", held))
+
+
 class Starmap:
     """Run ``func(*args, monitor)`` for each args in ``iterargs`` (and each ``submit``)."""
 
@@ -210,6 +279,7 @@ class Starmap:
         distribute: str | None = None,
         config: Config | None = None,
         pool_timeout: float | None = None,
+        task_retries: int | None = None,
     ) -> None:
         self.func = func
         self.name = task_name(func)
@@ -217,6 +287,9 @@ class Starmap:
         self.config = config if config is not None else load_config()
         self.distribute = distribute or self.config.distribute
         self.pool_timeout = POOL_TIMEOUT if pool_timeout is None else pool_timeout
+        self.task_retries = self.config.task_retries if task_retries is None else task_retries
+        self.limits = MemoryLimits(self.config.soft_mem_limit, self.config.hard_mem_limit)
+        self._memory_warned: set[str] = set()
         self.token = f"{os.getpid():x}-{next(self._token_counter)}-{secrets.token_hex(4)}"
         self.task_no = 0
         self._pending: deque[tuple[int, tuple[Any, ...]]] = deque()  # mode "no"
@@ -228,6 +301,15 @@ class Starmap:
         self._closed = False
         self._start = time.perf_counter()
         self._func_frame = b""  # pickled on the first remote submit (mode "no" never pickles)
+        # Re-running lost tasks: a run is known by its "wire" number, the task number for the
+        # first, a negative number for each re-run, so results of a run given up are dropped.
+        self._args: dict[int, list[Buffer]] = {}  # pickled arguments of unfinished tasks
+        self._retries: dict[int, int] = {}  # task_no -> times re-run
+        self._current: dict[int, int] = {}  # task_no -> wire of its live run, once re-run
+        self._rerun_of: dict[int, int] = {}  # wire (< 0) -> task_no
+        self._yielded: dict[int, int] = {}  # task_no -> partial results received
+        self._skip: dict[int, int] = {}  # wire -> partial results of a re-run still to drop
+        self._wires = itertools.count(-1, -1)
         for args in iterargs:
             self.submit(*args)
 
@@ -254,23 +336,38 @@ class Starmap:
             except BaseException:
                 self.shutdown()  # no socket or context left behind (PortsExhausted, ...)
                 raise
-        pool = self._choose_pool(host)
+        frames = protocol.dumps(args)
+        if self.task_retries or self.config.oom_retries:  # kept to re-run the task if lost
+            self._args[task_no] = frames
+        self._send_task(self._choose_pool(host), task_no, task_no, frames)
+        return task_no
+
+    def _send_task(self, pool: PoolHandle, task_no: int, wire: int,
+                   frames: list[Buffer]) -> None:
         if pool.outstanding == 0:  # silence is measured from when it got work
             pool.last_heard = max(pool.last_heard, time.monotonic())
         pool.outstanding += 1
         self._outstanding[task_no] = pool
-        pool.queue_task(task_no, protocol.dumps(args))
-        return task_no
+        pool.queue_task(wire, frames)
 
-    def _choose_pool(self, host: str | None) -> PoolHandle:
-        if host is None:
-            if len(self._pools) == 1:
-                return self._pools[0]
-            return min(self._pools, key=lambda p: p.outstanding / p.size)
-        for pool in self._pools:
-            if pool.host == host:
-                return pool
-        raise UserError(f"no workerpool for host {host!r} in [zworkers] host_cores")
+    def _choose_pool(self, host: str | None, avoid: str | None = None) -> PoolHandle:
+        """The pool of ``host``, else the least loaded live pool (not ``avoid``'s if another
+        is alive)."""
+        if host is not None:
+            for pool in self._pools:
+                if pool.host == host and pool.alive:
+                    return pool
+            if all(pool.host != host for pool in self._pools):
+                raise UserError(f"no workerpool for host {host!r} in [zworkers] host_cores")
+        if len(self._pools) == 1 and self._pools[0].alive:
+            return self._pools[0]
+        live = [p for p in self._pools if p.alive]
+        if not live:
+            raise WorkerLost(f"no workerpool of {self.name} is left: "
+                             f"{', '.join(p.host for p in self._pools)} stopped answering; "
+                             "see `oqz workers status`")
+        preferred = [p for p in live if p.host != avoid] or live
+        return min(preferred, key=lambda p: p.outstanding / p.size)
 
     def _open(self) -> None:
         self._func_frame = pickle.dumps((self.func, self.monitor.operation), protocol=5)
@@ -300,14 +397,20 @@ class Starmap:
         for pool in self._pools:
             pool.token, pool.reply_endpoint, pool.func = self.token, self.endpoint, self._func_frame
         silent = ping_pools(self._pools, timeout)
-        if silent:
-            names = ", ".join(f"{p.host} ({p.endpoint})" for p in silent)
+        names = ", ".join(f"{p.host} ({p.endpoint})" for p in silent)
+        if len(silent) == len(self._pools):
             self.shutdown()
             raise UserError(
                 f"no answer within {timeout:.0f}s from the workerpool on {names}: start the "
                 "pools with `oqz workers start` (and check `oqz workers status`, the firewall "
                 "and that the authkey in openquake.cfg is the same on every node)"
             )
+        if silent:
+            log.warning("%s starts without the workerpool on %s (no answer within %.0fs); it "
+                        "joins when it answers", self.name, names, timeout)
+        for pool in silent:
+            pool.alive, pool.last_ping = False, time.monotonic()
+        LeaseKeeper.hold(self.token, authkey, [p.endpoint for p in self._pools])
 
     def _bind_receiver_port(self) -> str:
         assert self._receiver is not None
@@ -328,6 +431,11 @@ class Starmap:
             f"{len(ports)} calculations (Starmaps) can be alive at once; wait for one to "
             "finish or widen [dbserver] receiver_ports (and the firewall) in openquake.cfg"
         )
+
+    @property
+    def live_hosts(self) -> list[str]:
+        """The hosts whose workerpools take this Starmap's tasks (not dropped as silent)."""
+        return [pool.host for pool in self._pools if pool.alive]
 
     # --- receiving
     def __iter__(self) -> Iterator[Any]:
@@ -367,13 +475,20 @@ class Starmap:
     def _iter_remote(self) -> Iterator[Any]:
         if self._receiver is None:  # nothing was submitted
             return
-        last_check = time.monotonic()
+        last_check = 0.0  # check at once: a short Starmap is checked too
+        last_loop = time.monotonic()
         while self._outstanding:
+            now = time.monotonic()
+            if now - last_loop > 1.0:  # the caller held the results, or this process stopped:
+                for pool in self._pools:  # the pools were not silent, we were not listening
+                    pool.last_heard += now - last_loop
+            last_loop = now
             for pool in self._pools:
                 pool.flush_tasks()
-            if time.monotonic() - last_check > 1.0:
+            if time.monotonic() - last_check > MEMORY_CHECK:
                 last_check = time.monotonic()
                 self._check_pools()
+                self._check_memory()
             if not self._receiver.poll(250):
                 continue
             message = protocol.recv(self._receiver, self._verifier)
@@ -384,21 +499,59 @@ class Starmap:
         """A "batch" of task messages, or a workerpool's "heartbeat" (see oqzmq.worker)."""
         if message.meta[0] == "heartbeat":
             self._heard(message.meta[1])
+            if message.meta[2:] and message.meta[2]:
+                self._warn_once(message.meta[1], message.meta[2])
             return
         _, pool_id, token, host, pid, memory_mb, entries = message.meta
         self._heard(pool_id)
         if token != self.token:
             return
         body, offset = message.body, 0
-        for kind, task_no, nframes, report in entries:
-            if task_no in self._done:  # e.g. a result after its task was reported lost
+        for kind, wire, nframes, report in entries:
+            task_no = wire if not self._current else self._live_task(wire)
+            # done: e.g. a result after its task was reported lost; None: a run given up
+            if task_no is None or task_no in self._done or (self._skip and self._skipped(
+                    wire, kind)):
                 offset += nframes
                 continue
             if kind == "result" or kind == "last":
                 yield protocol.loads(body[offset:offset + nframes])
+                if kind == "result":
+                    self._yielded[task_no] = self._yielded.get(task_no, 0) + 1
             offset += nframes
-            if kind != "result":
+            if kind == "lost" or kind == "oom":
+                self._rerun(task_no, kind, report, host)
+            elif kind != "result":
                 self._finish(task_no, kind, report, host, pid, memory_mb)
+
+    def _live_task(self, wire: int) -> int | None:
+        """The task of a run (its wire number), None if that run was given up."""
+        task_no = wire if wire >= 0 else self._rerun_of.get(wire)
+        if task_no is None or self._current.get(task_no, task_no) != wire:
+            return None
+        return task_no
+
+    def _skipped(self, wire: int, kind: str) -> bool:
+        """Whether this partial result of a re-run was already received from the lost run."""
+        left = self._skip.get(wire, 0)
+        if kind != "result" or not left:
+            return False
+        self._skip[wire] = left - 1
+        return True
+
+    def _warn_once(self, key: str, text: str) -> None:
+        if key not in self._memory_warned:
+            self._memory_warned.add(key)
+            log.warning("%s", text)
+
+    def _check_memory(self) -> None:
+        """The real engine's check_mem_usage, on this (the master's) host."""
+        use, soft, hard = self.limits.check()
+        host = socket.gethostname()
+        if hard:
+            raise MemoryError(self.limits.error(use, host, f"{self.name} stopped"))
+        if soft:
+            self._warn_once("master", self.limits.warning(use, host))
 
     def _heard(self, pool_id: str) -> None:
         now = time.monotonic()
@@ -409,14 +562,70 @@ class Starmap:
     def _check_pools(self) -> None:
         now = time.monotonic()
         for pool in self._pools:
-            if pool.outstanding and now - pool.last_heard > self.pool_timeout:
-                tasks = sorted(n for n, p in self._outstanding.items() if p is pool)
-                raise WorkerLost(
-                    f"workerpool on host {pool.host} ({pool.endpoint}) has been silent for "
-                    f"{now - pool.last_heard:.0f}s with {len(tasks)} task(s) of {self.name} "
-                    f"outstanding (tasks {_short(tasks)}): the host or its pool is gone; see "
-                    "`oqz workers status`"
-                )
+            if not pool.alive:
+                self._probe(pool, now)
+            elif pool.outstanding and now - pool.last_heard > self.pool_timeout:
+                self._drop_pool(pool, now)
+
+    def _drop_pool(self, pool: PoolHandle, now: float) -> None:
+        """Re-run the outstanding tasks of a silent pool on the others."""
+        tasks = sorted(n for n, p in self._outstanding.items() if p is pool)
+        reason = (f"workerpool on host {pool.host} ({pool.endpoint}) has been silent for "
+                  f"{now - pool.last_heard:.0f}s with {len(tasks)} task(s) of {self.name} "
+                  f"outstanding (tasks {_short(tasks)})")
+        pool.alive, pool.last_ping = False, now
+        pool.outbox.clear()
+        with contextlib.suppress(zmq.ZMQError):
+            pool.send(("cancel", self.token))  # if it wakes up, it drops them
+        if not any(p.alive for p in self._pools):
+            raise WorkerLost(f"{reason}: the host or its pool is gone, and no other workerpool "
+                             "is left to run them; see `oqz workers status`")
+        log.warning("%s: re-running them on the other workerpools (each at most "
+                    "[distribution] task_retries = %d times)", reason, self.task_retries)
+        why = (f"its workerpool on host {pool.host} was silent for {now - pool.last_heard:.0f}s"
+               " (host gone or frozen)")
+        for task_no in tasks:
+            self._rerun(task_no, "lost", None, pool.host, why)
+
+    def _probe(self, pool: PoolHandle, now: float) -> None:
+        """Ping a dropped pool; when it answers, it rejoins (takes re-runs and new tasks)."""
+        while pool.sock.poll(0):
+            reply = protocol.recv(pool.sock, pool.verifier)
+            if reply is not None and reply.meta[0] == "pong":
+                pool.alive, pool.size, pool.last_heard = True, int(reply.meta[2]), now
+                log.warning("workerpool on host %s answers again: it rejoins %s", pool.host,
+                            self.name)
+                return
+        if now - pool.last_ping >= PROBE_INTERVAL:
+            pool.last_ping = now
+            with contextlib.suppress(zmq.ZMQError):
+                protocol.send_nowait(pool.sock, pool.signer, ("ping",))
+
+    def _rerun(self, task_no: int, kind: str, report: Report | None, host: str,
+               reason: str = "") -> None:
+        """Run a lost task again (elsewhere if possible), or fail when its retries are spent."""
+        pool = self._outstanding.pop(task_no, None)
+        if pool is not None:
+            pool.outstanding -= 1
+        reason = reason or (report[4] if report else "") or "lost"
+        retries = self._retries.get(task_no, 0)
+        limit = self.config.oom_retries if kind == "oom" else self.task_retries
+        if retries >= limit:
+            self._done.add(task_no)
+            key = "[memory] oom_retries" if kind == "oom" else "[distribution] task_retries"
+            raise WorkerLost(f"task {self.name}#{task_no} failed on host {host}: "
+                             f"{reason.rstrip()}\n(re-run {retries} time(s); {key} = {limit})")
+        target = self._choose_pool(None, avoid=host)
+        wire = next(self._wires)
+        self._retries[task_no] = retries + 1
+        self._current[task_no], self._rerun_of[wire] = wire, task_no
+        if self._yielded.get(task_no):
+            self._skip[wire] = self._yielded[task_no]
+        log.warning("task %s#%d moves from host %s to %s (re-run %d of at most %d): %s",
+                    self.name, task_no, host, target.host, retries + 1, limit, reason.rstrip())
+        self.monitor.add_retry(TaskRetry(task_no, self.name, host, target.host, retries + 1,
+                                         reason.rstrip()))
+        self._send_task(target, task_no, wire, self._args[task_no])
 
     def _finish(self, task_no: int, kind: str, report: Report, host: str, pid: int,
                 memory_mb: float) -> None:
@@ -424,6 +633,8 @@ class Starmap:
         if pool is not None:
             pool.outstanding -= 1
         self._done.add(task_no)
+        self._args.pop(task_no, None)
+        self._yielded.pop(task_no, None)
         time_sec, nbytes, nresults, stats, error = report
         if kind == "error" or kind == "lost":
             exception = WorkerLost if kind == "lost" else TaskError
@@ -441,6 +652,8 @@ class Starmap:
             return
         self._closed = True
         self._pending.clear()
+        self._args.clear()
+        LeaseKeeper.release(self.token)
         for pool in self._pools:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):

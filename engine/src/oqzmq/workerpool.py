@@ -11,6 +11,9 @@ Control messages (``meta`` tuples from a master's DEALER; every one authenticate
                               func: the pickled task function; body: the pickled arguments
                               of each task, nframes frames each - queued, no reply
     ("cancel", token)         drop the queued tasks of a calculation
+    ("lease", [token, ...])   the master of these calculations is alive (every LEASE_INTERVAL
+                              s, from a thread of its process); a calculation whose lease is
+                              not renewed for LEASE_TIMEOUT s is cancelled: its master is gone
     ("ping",) ("status",) ("inspect",)     replies: see _reply_*
     ("stop",)                 finish running tasks, then exit
     ("kill",)                 kill the worker processes now (their tasks are reported lost)
@@ -21,8 +24,13 @@ prefetch depth that adapts to the observed task duration (deep for tiny tasks, s
 carry many; shallow for long ones, so no worker hoards work); workers report finished tasks
 with "done". Every ``HEARTBEAT`` seconds the pool tells each receiver with tasks here that it
 is alive; a worker process that dies turns its running task into a "lost" report naming the
-task, host and signal, its queued-but-unstarted tasks go to other workers, and a new worker
-process replaces it.
+task, host and signal ("oom" when its cgroup's OOM-kill counter rose: out of memory), its
+queued-but-unstarted tasks go to other workers, and a new worker process replaces it.
+
+``[memory]`` limits of this node's openquake.cfg: above ``soft_mem_limit`` percent of the
+host's (or the pool's cgroup's) memory the heartbeats carry a warning the master logs; above
+``hard_mem_limit`` the biggest busy worker process is killed before the kernel's OOM killer
+fires, and its task reported "oom" with a MemoryError naming the host and the memory used.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ import zmq
 from oqzmq import protocol
 from oqzmq.auth import Signer, Verifier
 from oqzmq.config import ConfigError, load_config
+from oqzmq.memory import MemoryLimits, memory_cgroup, oom_kills
 from oqzmq.sdnotify import notify
 from oqzmq.worker import ReceiverSockets, batch_meta, failure_report, worker_main
 
@@ -61,6 +70,7 @@ PREFETCH_MIN = 2
 PREFETCH_MAX = 256
 HEARTBEAT = 1.0
 CHECK_CHILDREN = 0.2
+LEASE_TIMEOUT = float(os.environ.get("OQ_LEASE_TIMEOUT", "15"))
 
 
 @dataclass
@@ -164,6 +174,7 @@ class WorkerSlot:
     ready: bool = False
     assigned: BatchQueue = field(default_factory=BatchQueue)  # sent, in the order it runs them
     revoked: bool = False  # being killed on purpose: its tasks were cancelled
+    cgroup: Path | None = None  # its memory cgroup: did the OOM killer strike there?
 
 
 def ctrl_endpoint(host: str, port: int) -> str:
@@ -181,6 +192,7 @@ class WorkerPool:
         cores: int,
         main_path: str | None = None,
         exit_with_parent: bool = False,
+        limits: MemoryLimits | None = None,
     ) -> None:
         self.endpoint = endpoint
         # the private pool of processpool mode must not outlive its master, even a SIGKILLed one
@@ -213,6 +225,10 @@ class WorkerPool:
         self.running = True
         self.terminate_reason = ""  # set from a signal handler, acted on by the loop
         self._spawn = multiprocessing.get_context("spawn")
+        self.limits = limits or MemoryLimits(90, 99)
+        self.memory_warning = ""  # sent with the heartbeats while above the soft limit
+        self.leases: dict[str, float] = {}  # calculation token -> when its master last said so
+        self._oom_kills: dict[Path, int] = {}  # cgroup -> its OOM kills already accounted for
 
     # --- worker processes
     def start_workers(self) -> None:
@@ -230,27 +246,45 @@ class WorkerPool:
             name=f"oqz-worker-{self._generation}",
         )
         process.start()
-        self.slots[ident] = WorkerSlot(ident, process)
+        cgroup = memory_cgroup(process.pid or 0)
+        if cgroup is not None:
+            self._oom_kills.setdefault(cgroup, oom_kills(cgroup))
+        self.slots[ident] = WorkerSlot(ident, process, cgroup=cgroup)
 
     def _reap_dead_workers(self) -> None:
         for slot in [s for s in self.slots.values() if not s.process.is_alive()]:
             del self.slots[slot.ident]
-            reason = _exit_reason(slot.process.exitcode)
+            kind, reason = self._death(slot)
             if slot.assigned and not slot.revoked:
                 running = slot.assigned.take(1)
                 self._report_lost(running, f"worker process pid {slot.process.pid} on host "
                                            f"{self.host} {reason} while running task "
-                                           f"{running.task_nos[0]}", slot.process.pid or 0)
+                                           f"{running.task_nos[0]}", slot.process.pid or 0, kind)
                 self.queue.prepend(slot.assigned)  # never started: run elsewhere
             if not slot.revoked:
                 log.error("worker process %s %s", slot.process.pid, reason)
             if not self.stopping:
                 self._start_worker()
 
-    def _report_lost(self, batch: Batch, reason: str, pid: int = 0) -> None:
-        """Tell the receiver that the tasks of ``batch`` will not run (``reason``: why)."""
+    def _death(self, slot: WorkerSlot) -> tuple[str, str]:
+        """("oom" or "lost", why) for a worker process that died: "oom" when the OOM-kill
+        counter of its cgroup rose (the kernel says nothing else a parent can read)."""
+        reason = _exit_reason(slot.process.exitcode)
+        if slot.process.exitcode != -signal.SIGKILL or slot.cgroup is None:
+            return "lost", reason
+        kills = oom_kills(slot.cgroup)
+        seen = self._oom_kills.get(slot.cgroup, kills)
+        self._oom_kills[slot.cgroup] = kills
+        if kills > seen:
+            return "oom", (f"was killed by SIGKILL: out of memory (the OOM killer: the "
+                           f"oom_kill counter of cgroup {slot.cgroup} rose to {kills})")
+        return "lost", f"was killed by SIGKILL (not by the OOM killer of cgroup {slot.cgroup})"
+
+    def _report_lost(self, batch: Batch, reason: str, pid: int = 0, kind: str = "lost") -> None:
+        """Tell the receiver that the tasks of ``batch`` will not run (``reason``: why;
+        ``kind``: "lost", or "oom" when memory ran out)."""
         sock, signer = self.receivers.get(batch.endpoint, batch.token)
-        entries = [("lost", task_no, 0, failure_report(reason)) for task_no in batch.task_nos]
+        entries = [(kind, task_no, 0, failure_report(reason)) for task_no in batch.task_nos]
         meta = batch_meta(self.pool_id, batch.token, self.host, pid, 0.0, entries)
         if not protocol.send_nowait(sock, signer, meta):
             log.warning("could not report lost tasks %s to %s", ", ".join(batch.task_keys()),
@@ -277,6 +311,8 @@ class WorkerPool:
             if now - last_check >= CHECK_CHILDREN:
                 last_check = now
                 self._reap_dead_workers()
+                self._expire_leases(now)
+                self._check_memory()
                 if self.parent is not None and os.getppid() != self.parent:
                     self._kill_now("lost its master process")
                     break
@@ -323,7 +359,59 @@ class WorkerPool:
         receivers.update((b.endpoint, b.token) for s in self.slots.values() for b in s.assigned)
         for endpoint, token in receivers:
             sock, signer = self.receivers.get(endpoint, token)
-            protocol.send_nowait(sock, signer, ("heartbeat", self.pool_id))
+            protocol.send_nowait(sock, signer, ("heartbeat", self.pool_id, self.memory_warning))
+
+    def _tokens(self) -> set[str]:
+        """The calculations with tasks here (queued or held by a worker process)."""
+        tokens = {b.token for b in self.queue}
+        tokens.update(b.token for s in self.slots.values() if not s.revoked for b in s.assigned)
+        return tokens
+
+    def _expire_leases(self, now: float) -> None:
+        """Cancel the calculations whose master stopped renewing their lease (process gone:
+        SIGKILL, OOM, host down): their tasks would only burn CPU."""
+        for token in self._tokens():
+            silent = now - self.leases.setdefault(token, now)
+            if silent > LEASE_TIMEOUT:
+                why = (f"its master has not renewed its lease on the workerpool of host "
+                       f"{self.host} for {silent:.0f} s (its process is gone or stopped)")
+                log.warning("dropping the tasks of calculation %s: %s", token, why)
+                self._report_token_lost(token, why)  # heard only by a master stopped, not gone
+                self._cancel(token)
+        for token in [t for t, seen in self.leases.items() if now - seen > 2 * LEASE_TIMEOUT]:
+            del self.leases[token]
+
+    def _report_token_lost(self, token: str, why: str) -> None:
+        held = [b for s in self.slots.values() if not s.revoked for b in s.assigned]
+        for batch in [*self.queue, *held]:
+            if batch.token == token:
+                self._report_lost(batch, why)
+
+    def _cancel(self, token: str) -> None:
+        self.queue.remove(token)
+        self._revoke_running(token)
+
+    def _check_memory(self) -> None:
+        """Warn above the soft limit; above the hard limit kill the biggest busy worker (one
+        at a time: the next check sees what that freed) before the kernel's OOM killer does."""
+        use, soft, hard = self.limits.check()
+        self.memory_warning = self.limits.warning(use, self.host) if soft else ""
+        if not hard or any(s.revoked and s.process.is_alive() for s in self.slots.values()):
+            return
+        busy = [(_rss_mb(s.process.pid or 0), s) for s in self._busy_slots() if not s.revoked]
+        if not busy:
+            return
+        rss, slot = max(busy, key=lambda item: item[0])
+        running = slot.assigned.take(1)
+        what = (f"killed worker process pid {slot.process.pid} ({rss:.0f} MB resident) running "
+                f"task {running.task_nos[0]}")
+        log.error("%s", self.limits.error(use, self.host, what))
+        self._report_lost(running, self.limits.error(use, self.host, what),
+                          slot.process.pid or 0, "oom")
+        self.queue.prepend(slot.assigned)
+        slot.assigned.clear()
+        slot.revoked = True
+        _kill(slot.process)
 
     # --- handlers
     def _on_worker(self, message: protocol.Received) -> None:
@@ -348,6 +436,7 @@ class WorkerPool:
                 raise ValueError(f"submit of {len(task_nos)} tasks with {len(nframes)} frame "
                                  f"counts for {len(layout)} frames")
             batch = Batch(token, endpoint, func, task_nos, nframes, layout, message.data)
+            self.leases[token] = time.monotonic()
             if self.stopping:
                 self._report_lost(batch, f"workerpool on {self.host} is stopping and refused "
                                          f"the task")
@@ -355,9 +444,11 @@ class WorkerPool:
                 self.queue.append(batch)
             return
         if command == "cancel":
-            token = message.meta[1]
-            self.queue.remove(token)
-            self._revoke_running(token)
+            self._cancel(message.meta[1])
+            return
+        if command == "lease":
+            now = time.monotonic()
+            self.leases.update((token, now) for token in message.meta[1])
             return
         reply = self._reply(command)
         protocol.send(self.ctrl, self._ctrl_out, reply, envelope=message.envelope)
@@ -439,10 +530,16 @@ def _kill(process: multiprocessing.process.BaseProcess) -> None:
 
 def _exit_reason(exitcode: int | None) -> str:
     if exitcode is not None and exitcode < 0:
-        name = signal.Signals(-exitcode).name
-        hint = " (out of memory? see the kernel log)" if name == "SIGKILL" else ""
-        return f"was killed by {name}{hint}"
+        return f"was killed by {signal.Signals(-exitcode).name}"
     return f"exited with code {exitcode}"
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -469,8 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()
         authkey = sys.stdin.readline().strip() if args.authkey_stdin else config.require_authkey()
         endpoint = args.endpoint or ctrl_endpoint(args.host, args.port or config.ctrl_port)
+        limits = MemoryLimits(config.soft_mem_limit, config.hard_mem_limit)
         pool = WorkerPool(endpoint, authkey, args.host, args.cores, args.main_path,
-                          args.exit_with_parent)
+                          args.exit_with_parent, limits)
     except (ConfigError, zmq.ZMQError) as exc:
         print(f"workerpool: error: {exc}", file=sys.stderr)
         return 2

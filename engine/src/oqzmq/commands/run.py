@@ -63,6 +63,9 @@ def run_calculation(args: argparse.Namespace) -> int:
     print(f"checksum:   {result.checksum} (hazard curves; same seed -> same value in every mode)")
     print(f"max PoE:    {result.max_poe:.4f} in 50 years")
     print(f"tasks/host: {hosts}")
+    if result.moves:
+        print(f"re-runs:    {result.moves} (tasks lost with a worker or host; why: the log, "
+              "and task_retries in the datastore)")
     return 0
 
 
