@@ -19,6 +19,7 @@ GOOD: dict[str, Any] = {
     "oq_webui_enabled": True, "oq_webui_port": 8800, "oq_default_cores": -1,
     "oq_authkey": GENERATED, "oq_soft_mem_limit": 90, "oq_hard_mem_limit": 99,
     "oq_memory_high_percent": 90, "oq_memory_max_percent": 95, "oq_swap_off": True,
+    "oq_max_message_mb": 512,
 }
 ADDRESSES = {"m": "192.0.2.1", "w1": "192.0.2.2", "w2": "192.0.2.3"}
 
@@ -74,6 +75,8 @@ def test_a_good_cluster_has_no_problem() -> None:
         ({"oq_hard_mem_limit": 101}, "oq_soft_mem_limit"),
         ({"oq_soft_mem_limit": 0}, "oq_soft_mem_limit"),
         ({"oq_memory_high_percent": 96}, "oq_memory_high_percent"),
+        ({"oq_max_message_mb": 0}, "oq_max_message_mb"),
+        ({"oq_max_message_mb": "512MB"}, "oq_max_message_mb"),
         ({"oq_distribute": "celery"}, "oq_distribute"),
         ({"oq_multi_user": "yes"}, "oq_multi_user"),
         ({"oq_default_cores": 0}, "oq_default_cores"),
