@@ -61,7 +61,8 @@ class Cluster:
 
     def pool_pid(self, host: str) -> int:
         context = zmq.Context()
-        handle = connect_pool(context, AUTHKEY, host, f"tcp://{host}:{self.config.ctrl_port}")
+        handle = connect_pool(context, AUTHKEY, host, f"tcp://{host}:{self.config.ctrl_port}",
+                              self.config.max_message_bytes)
         try:
             reply = handle.request(("ping",))
         finally:

@@ -86,12 +86,12 @@ class PoolHandle:
     def pool_id(self) -> str:
         return self.endpoint
 
-    def queue_task(self, task_no: int, frames: list[Buffer]) -> None:
+    def queue_task(self, task_no: int, frames: list[Buffer], size: int) -> None:
         """Send now if this is the first task of a burst, else batch it (sent when the batch
-        fills up, and at the latest when the Starmap is iterated)."""
+        fills up, and at the latest when the Starmap is iterated). ``size``: its bytes."""
         quiet = not self.outbox and time.monotonic() - self.last_flush > BURST_GAP
         self.outbox.append((task_no, frames))
-        self.outbox_bytes += protocol.nbytes(frames)
+        self.outbox_bytes += size
         if quiet or len(self.outbox) >= BATCH_TASKS or self.outbox_bytes >= BATCH_BYTES:
             self.flush_tasks()
 
@@ -124,8 +124,10 @@ class PoolHandle:
         return None
 
 
-def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str) -> PoolHandle:
-    sock = context.socket(zmq.DEALER)
+def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
+                 max_bytes: int) -> PoolHandle:
+    """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
+    sock = protocol.limit(context.socket(zmq.DEALER), max_bytes)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
@@ -228,6 +230,7 @@ class Starmap:
         self._closed = False
         self._start = time.perf_counter()
         self._func_frame = b""  # pickled on the first remote submit (mode "no" never pickles)
+        self._buffers = protocol.ReceiveBuffers()  # large results are joined into these
         for args in iterargs:
             self.submit(*args)
 
@@ -248,6 +251,16 @@ class Starmap:
         if self.distribute == "no":
             self._pending.append((task_no, (*args, self.monitor)))
             return task_no
+        frames = protocol.dumps(args)
+        size = protocol.nbytes(frames)
+        if size > self.config.max_message_bytes:
+            self.task_no -= 1
+            raise UserError(
+                f"the arguments of task {self.name}#{task_no} take {size / 2**20:.1f} MB, over "
+                f"the {self.config.max_message_mb} MB cap of [zworkers] max_message_mb in "
+                f"{self.config.source}: pass smaller pieces (or a path on the shared "
+                "directory), or raise the cap"
+            )
         if self._receiver is None:
             try:
                 self._open()
@@ -259,7 +272,7 @@ class Starmap:
             pool.last_heard = max(pool.last_heard, time.monotonic())
         pool.outstanding += 1
         self._outstanding[task_no] = pool
-        pool.queue_task(task_no, protocol.dumps(args))
+        pool.queue_task(task_no, frames, size)
         return task_no
 
     def _choose_pool(self, host: str | None) -> PoolHandle:
@@ -275,7 +288,8 @@ class Starmap:
     def _open(self) -> None:
         self._func_frame = pickle.dumps((self.func, self.monitor.operation), protocol=5)
         self._context = zmq.Context()
-        self._receiver = self._context.socket(zmq.PULL)
+        max_bytes = self.config.max_message_bytes
+        self._receiver = protocol.limit(self._context.socket(zmq.PULL), max_bytes)
         self._receiver.setsockopt(zmq.LINGER, 0)
         self._receiver.setsockopt(zmq.RCVHWM, 0)
         if self.distribute == "processpool":
@@ -283,14 +297,15 @@ class Starmap:
             authkey = local.authkey
             self.endpoint = f"ipc://{local.tmpdir.name}/recv-{self.token}"
             self._receiver.bind(self.endpoint)
-            self._pools = [connect_pool(self._context, authkey, "localhost", local.endpoint)]
+            self._pools = [connect_pool(self._context, authkey, "localhost", local.endpoint,
+                                        max_bytes)]
             timeout = 60.0  # the first start of the private pool imports the world
         elif self.distribute == "zmq":
             authkey = self.config.require_authkey()
             self.endpoint = self._bind_receiver_port()
             self._pools = [
                 connect_pool(self._context, authkey, hc.host, f"tcp://{hc.host}:"
-                             f"{self.config.ctrl_port}")
+                             f"{self.config.ctrl_port}", max_bytes)
                 for hc in self.config.require_workers()
             ]
             timeout = PING_TIMEOUT
@@ -376,7 +391,7 @@ class Starmap:
                 self._check_pools()
             if not self._receiver.poll(250):
                 continue
-            message = protocol.recv(self._receiver, self._verifier)
+            message = protocol.recv(self._receiver, self._verifier, buffers=self._buffers)
             if message is not None:
                 yield from self._handle(message)
 
@@ -441,6 +456,7 @@ class Starmap:
             return
         self._closed = True
         self._pending.clear()
+        self._buffers = protocol.ReceiveBuffers()  # results still referenced keep theirs
         for pool in self._pools:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):
