@@ -37,3 +37,8 @@ def pid_then_sleep(path: str, seconds: float, monitor: Monitor) -> int:
 def touch(path: str, monitor: Monitor) -> str:
     Path(path).touch()
     return path
+
+
+def zeros_mb(mb: int, monitor: Monitor) -> np.ndarray:
+    """An array of ``mb`` MB (calloc'd: cheap until touched)."""
+    return np.zeros(mb << 17)
