@@ -71,7 +71,7 @@ def nbytes(frames: Sequence[Buffer]) -> int:
 
 
 PACK_LIMIT = 64 * 1024  # frames smaller than this are joined (copied); bigger ones are not
-CHUNK_BYTES = 1 << 20  # results: big frames travel in chunks of this size (see the module doc)
+CHUNK_BYTES = 4 << 20  # results: big frames travel in chunks of this size (see the module doc)
 HEADROOM = 1 << 20  # what a message may carry beyond the cap: meta, layout, MAC, header
 
 
