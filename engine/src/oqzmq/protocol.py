@@ -147,6 +147,17 @@ def _fresh(size: int) -> memoryview:
     return memoryview(np.empty(size, np.uint8))
 
 
+def _references(buffers: list[np.ndarray], position: int) -> int:
+    return sys.getrefcount(buffers[position])
+
+
+# What _references counts for a buffer nothing else refers to, measured rather than assumed
+# (how many references the interpreter itself holds differs between Python versions). An
+# array made from a buffer refers to it (numpy keeps it as the array's base), as does any
+# view of that array: either makes the count higher.
+_UNREFERENCED = _references([np.empty(1)], 0)
+
+
 class ReceiveBuffers:
     """Buffers to join chunked frames into, reused once nothing refers to their last result.
 
@@ -156,8 +167,6 @@ class ReceiveBuffers:
     Starmap).
     """
 
-    _FREE = 3  # references to a buffer only this object holds: the list, `buffer`, the call
-
     def __init__(self, keep: int = 2) -> None:
         self.keep = keep
         self._buffers: list[np.ndarray] = []
@@ -165,8 +174,8 @@ class ReceiveBuffers:
     def take(self, size: int) -> memoryview:
         """A writable buffer of ``size`` bytes; its result keeps it from being reused."""
         for position in range(len(self._buffers)):
-            buffer = self._buffers[position]
-            if sys.getrefcount(buffer) == self._FREE:
+            if _references(self._buffers, position) == _UNREFERENCED:
+                buffer = self._buffers[position]
                 if buffer.nbytes < size:
                     buffer = self._buffers[position] = np.empty(size, np.uint8)
                 return memoryview(buffer)[:size]
