@@ -37,19 +37,21 @@ TICK = os.sysconf("SC_CLK_TCK")
 class Usage:
     user: float  # CPU seconds
     system: float
+    faults: int  # minor page faults (fresh memory touched for the first time)
 
     @property
     def cpu(self) -> float:
         return self.user + self.system
 
     def __sub__(self, other: Usage) -> Usage:
-        return Usage(self.user - other.user, self.system - other.system)
+        return Usage(self.user - other.user, self.system - other.system,
+                     self.faults - other.faults)
 
 
 def usage(pid: int) -> Usage:
     # the command name (field 2) may hold spaces: count from the closing parenthesis
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return Usage(int(fields[11]) / TICK, int(fields[12]) / TICK)
+    return Usage(int(fields[11]) / TICK, int(fields[12]) / TICK, int(fields[7]))
 
 
 def machine_idle() -> tuple[float, float]:
@@ -102,10 +104,12 @@ def report(title: str, measured: Measured, units: int, unit: str, scale: float) 
           f"{total / capacity:.0%} of the machine's CPU time, idle {measured.idle / capacity:.0%}, "
           f"stolen by the hypervisor {measured.stolen / capacity:.0%}")
     suffix = "us" if scale == 1e6 else "ms"
-    print(f"  {'process':<12} {'CPU/' + unit:>12} {'user':>10} {'system':>10}")
+    print(f"  {'process':<12} {'CPU/' + unit:>12} {'user':>10} {'system':>10} "
+          f"{'faults/' + unit:>14}")
     for role, used in spent.items():
-        cells = (f"{seconds / units * scale:>7.1f} {suffix}"
-                 for seconds in (used.cpu, used.user, used.system))
+        cells = [f"{seconds / units * scale:>7.1f} {suffix}"
+                 for seconds in (used.cpu, used.user, used.system)]
+        cells.append(f"{used.faults / units:>12.0f}")
         print(f"  {role:<12} " + " ".join(f"{cell:>10}" for cell in cells))
     print(f"  {'all':<12} {total / units * scale:>7.1f} {suffix}")
 

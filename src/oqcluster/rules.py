@@ -28,6 +28,7 @@ FIRST_UNPRIVILEGED_PORT = 1024
 MAX_PORT = 65535
 NFS_NOBODY_ID = 65534  # root-squashed NFS requests run as this id: never the openquake user's
 MAX_ID = 4294967294
+MAX_MESSAGE_MB = 65536  # 64 GB: beyond any node's RAM
 GENERATED = "<generated on the control node at provisioning>"
 
 # The variables every node must agree on: they end up in openquake.cfg or in shared state
@@ -39,6 +40,7 @@ CLUSTER_WIDE = (
     "oq_receiver_port_first", "oq_receiver_port_last", "oq_ctrl_port",
     "oq_authkey", "oq_default_cores", "oq_soft_mem_limit", "oq_hard_mem_limit",
     "oq_engine_flavor", "oq_openquake_version", "oq_task_retries", "oq_oom_retries",
+    "oq_max_message_mb",
 )
 PORT_VARIABLES = (
     "oq_dbserver_port", "oq_ctrl_port", "oq_webui_port",
@@ -453,6 +455,17 @@ def _retries_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
                           f"set {name}: 0 (never re-run) or a small number such as 2")
 
 
+def _message_cap_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    cap = values.get("oq_max_message_mb")
+    if cap is not None and not (_is_int(cap) and 1 <= cap <= MAX_MESSAGE_MB):
+        yield Finding(
+            "oq_max_message_mb",
+            f"must be a whole number of MB in 1..{MAX_MESSAGE_MB}, got {cap!r}",
+            "set oq_max_message_mb to the largest task result you expect (default 512); "
+            "bigger results are yielded in parts by generator tasks",
+        )
+
+
 def _cgroup_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
     high, peak = values.get("oq_memory_high_percent"), values.get("oq_memory_max_percent")
     if high is None or peak is None:
@@ -553,6 +566,7 @@ HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
     _memory_findings,
     _retries_findings,
     _cgroup_findings,
+    _message_cap_findings,
     _authkey_findings,
     _flavor_findings,
 )

@@ -20,6 +20,7 @@ GOOD: dict[str, Any] = {
     "oq_authkey": GENERATED, "oq_soft_mem_limit": 90, "oq_hard_mem_limit": 99,
     "oq_memory_high_percent": 90, "oq_memory_max_percent": 95, "oq_swap_off": True,
     "oq_engine_flavor": "oqzmq", "oq_openquake_version": "3.26.2",
+    "oq_max_message_mb": 512,
 }
 ADDRESSES = {"m": "192.0.2.1", "w1": "192.0.2.2", "w2": "192.0.2.3"}
 
@@ -77,6 +78,8 @@ def test_a_good_cluster_has_no_problem() -> None:
         ({"oq_task_retries": -1}, "oq_task_retries"),
         ({"oq_oom_retries": "many"}, "oq_oom_retries"),
         ({"oq_memory_high_percent": 96}, "oq_memory_high_percent"),
+        ({"oq_max_message_mb": 0}, "oq_max_message_mb"),
+        ({"oq_max_message_mb": "512MB"}, "oq_max_message_mb"),
         ({"oq_distribute": "celery"}, "oq_distribute"),
         ({"oq_multi_user": "yes"}, "oq_multi_user"),
         ({"oq_default_cores": 0}, "oq_default_cores"),

@@ -17,6 +17,7 @@ from oqzmq.parallel import connect_pool
 HERE = Path(__file__).parent
 AUTHKEY = "engine-tests-secret-6Zq1v8Kp3Lr0Xy7Wm2Nb"
 HOSTS = ("127.0.0.2", "127.0.0.3")
+MAX_MESSAGE_MB = 64  # [zworkers] max_message_mb of the test cluster
 
 # Worker processes import the test tasks (enginetasks.py) from here.
 os.environ["PYTHONPATH"] = os.pathsep.join(
@@ -43,6 +44,7 @@ authkey = {AUTHKEY}
 [zworkers]
 host_cores = {host_cores}
 ctrl_port = {ctrl_port}
+max_message_mb = {MAX_MESSAGE_MB}
 
 [directory]
 shared_dir = {shared_dir}
@@ -61,7 +63,8 @@ class Cluster:
 
     def pool_pid(self, host: str) -> int:
         context = zmq.Context()
-        handle = connect_pool(context, AUTHKEY, host, f"tcp://{host}:{self.config.ctrl_port}")
+        handle = connect_pool(context, AUTHKEY, host, f"tcp://{host}:{self.config.ctrl_port}",
+                              self.config.max_message_bytes)
         try:
             reply = handle.request(("ping",))
         finally:

@@ -74,3 +74,8 @@ def hog(total_mb: int, step_mb: int, pause: float, monitor: Monitor) -> int:
         held.append(np.ones(step_mb << 17))  # 8-byte floats: step_mb MB
         time.sleep(pause)
     return sum(a.nbytes for a in held) >> 20
+
+
+def zeros_mb(mb: int, monitor: Monitor) -> np.ndarray:
+    """An array of ``mb`` MB (calloc'd: cheap until touched)."""
+    return np.zeros(mb << 17)

@@ -34,6 +34,7 @@ authkey = Zx8kq2LmN0pRs5tUv7wXy9Ab3Cd5Ef7Gh9Ij1Kl3
 host_cores = 10.0.0.2 -1, 10.0.0.3 4
 
 ctrl_port = 1909
+max_message_mb = 256
 
 [directory]
 shared_dir = /oq_shared
@@ -61,6 +62,7 @@ def test_reads_every_key_of_the_rendered_template(tmp_path: Path) -> None:
     assert cfg.receiver_ports == range(1912, 1921)
     assert cfg.host_cores == (HostCores("10.0.0.2", -1), HostCores("10.0.0.3", 4))
     assert cfg.ctrl_port == 1909
+    assert cfg.max_message_mb == 256 and cfg.max_message_bytes == 256 << 20
     assert cfg.shared_dir == "/oq_shared"
     assert cfg.custom_tmp == ""
     assert cfg.require_authkey().startswith("Zx8k")
@@ -93,6 +95,15 @@ def test_placeholder_authkey_is_refused(tmp_path: Path) -> None:
 def test_bad_port_names_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, FULL.replace("ctrl_port = 1909", "ctrl_port = abc"))
     with pytest.raises(ConfigError, match=r"\[zworkers\] ctrl_port = 'abc' is not an integer"):
+        load_config(path)
+
+
+def test_message_cap_defaults_to_512_mb_and_must_be_positive(tmp_path: Path) -> None:
+    assert Config().max_message_mb == 512
+    assert load_config(write(tmp_path, FULL.replace("max_message_mb = 256\n", ""))
+                       ).max_message_mb == 512
+    path = write(tmp_path, FULL.replace("max_message_mb = 256", "max_message_mb = 0"))
+    with pytest.raises(ConfigError, match=r"\[zworkers\] max_message_mb = '0'.*>= 1"):
         load_config(path)
 
 

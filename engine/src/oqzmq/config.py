@@ -58,6 +58,7 @@ class Config:
     authkey: str = ""
     host_cores: tuple[HostCores, ...] = ()
     ctrl_port: int = 1909
+    max_message_mb: int = 512  # the largest message any engine socket accepts
     shared_dir: str = ""
     custom_tmp: str = ""
     soft_mem_limit: int = 90
@@ -69,6 +70,10 @@ class Config:
     def source(self) -> str:
         """Where the settings came from, for error messages."""
         return str(self.path) if self.path else "built-in defaults (no openquake.cfg found)"
+
+    @property
+    def max_message_bytes(self) -> int:
+        return self.max_message_mb << 20
 
     def require_authkey(self) -> str:
         """The cluster secret; a ConfigError with the fix when it is missing or a placeholder."""
@@ -194,6 +199,8 @@ def _parse_file(path: Path) -> Config:
         authkey=get("dbserver", "authkey"),
         host_cores=parse_host_cores(get("zworkers", "host_cores"), where("zworkers", "host_cores")),
         ctrl_port=_to_int(get("zworkers", "ctrl_port", "1909"), where("zworkers", "ctrl_port")),
+        max_message_mb=_to_message_cap(get("zworkers", "max_message_mb", "512"),
+                                       where("zworkers", "max_message_mb")),
         shared_dir=get("directory", "shared_dir"),
         custom_tmp=get("directory", "custom_tmp"),
         soft_mem_limit=_to_int(get("memory", "soft_mem_limit", "90"),
@@ -225,6 +232,14 @@ def _to_count(text: str, where: str) -> int:
     if count < 0:
         raise ConfigError(f"{where} = {text!r}: use a number >= 0")
     return count
+
+
+def _to_message_cap(text: str, where: str) -> int:
+    cap = _to_int(text, where)
+    if cap < 1:
+        raise ConfigError(f"{where} = {text!r}: use the largest message in MB to accept (>= 1, "
+                          "e.g. 512)")
+    return cap
 
 
 def _to_bool(text: str, where: str) -> bool:

@@ -58,6 +58,11 @@ SWEEP_SECONDS = 2.0  # how often active calculations whose process is gone are m
 REMOTE_SILENCE = float(os.environ.get("OQ_CALC_SILENCE", "120"))
 
 
+def message_cap(config: Config) -> int:
+    """The dbserver's cap: [zworkers] max_message_mb, but never over MAX_MESSAGE_BYTES."""
+    return min(MAX_MESSAGE_BYTES, config.max_message_bytes)
+
+
 class DbServerError(UserError):
     """The dbserver is unreachable, refused us, or could not honour a request."""
 
@@ -295,7 +300,7 @@ class DbServer:
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 1000)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
         try:
             sock.bind(self.address)
         except zmq.ZMQError as exc:
@@ -452,6 +457,7 @@ class DbClient:
             self._probe()
             sock = self._context.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
             sock.connect(self.address)
             self._socket = sock
         return self._socket

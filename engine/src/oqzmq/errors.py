@@ -15,5 +15,9 @@ class WorkerLost(TaskError):
     """A worker process or a whole workerpool vanished while running tasks."""
 
 
+class ResultTooLarge(Exception):
+    """A task's result (or one yielded part) is over ``[zworkers] max_message_mb``."""
+
+
 class PortsExhausted(UserError):
     """Every receiver port of ``[dbserver] receiver_ports`` is taken by a live calculation."""

@@ -154,7 +154,8 @@ def query_pools(
     authkey = config.require_authkey()
     selected = [hc for hc in config.require_workers() if hosts is None or hc.host in hosts]
     context = zmq.Context()
-    handles = [connect_pool(context, authkey, hc.host, f"tcp://{hc.host}:{config.ctrl_port}")
+    handles = [connect_pool(context, authkey, hc.host, f"tcp://{hc.host}:{config.ctrl_port}",
+                            config.max_message_bytes)
                for hc in selected]
     try:
         if command == ("ping",):

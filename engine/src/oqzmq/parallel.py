@@ -108,12 +108,12 @@ class PoolHandle:
     def pool_id(self) -> str:
         return self.endpoint
 
-    def queue_task(self, task_no: int, frames: list[Buffer]) -> None:
+    def queue_task(self, task_no: int, frames: list[Buffer], size: int) -> None:
         """Send now if this is the first task of a burst, else batch it (sent when the batch
-        fills up, and at the latest when the Starmap is iterated)."""
+        fills up, and at the latest when the Starmap is iterated). ``size``: its bytes."""
         quiet = not self.outbox and time.monotonic() - self.last_flush > BURST_GAP
         self.outbox.append((task_no, frames))
-        self.outbox_bytes += protocol.nbytes(frames)
+        self.outbox_bytes += size
         if quiet or len(self.outbox) >= BATCH_TASKS or self.outbox_bytes >= BATCH_BYTES:
             self.flush_tasks()
 
@@ -146,8 +146,10 @@ class PoolHandle:
         return None
 
 
-def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str) -> PoolHandle:
-    sock = context.socket(zmq.DEALER)
+def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
+                 max_bytes: int) -> PoolHandle:
+    """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
+    sock = protocol.limit(context.socket(zmq.DEALER), max_bytes)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
@@ -310,6 +312,7 @@ class Starmap:
         self._yielded: dict[int, int] = {}  # task_no -> partial results received
         self._skip: dict[int, int] = {}  # wire -> partial results of a re-run still to drop
         self._wires = itertools.count(-1, -1)
+        self._buffers = protocol.ReceiveBuffers()  # large results are joined into these
         for args in iterargs:
             self.submit(*args)
 
@@ -330,13 +333,22 @@ class Starmap:
         if self.distribute == "no":
             self._pending.append((task_no, (*args, self.monitor)))
             return task_no
+        frames = protocol.dumps(args)
+        size = protocol.nbytes(frames)
+        if size > self.config.max_message_bytes:
+            self.task_no -= 1
+            raise UserError(
+                f"the arguments of task {self.name}#{task_no} take {size / 2**20:.1f} MB, over "
+                f"the {self.config.max_message_mb} MB cap of [zworkers] max_message_mb in "
+                f"{self.config.source}: pass smaller pieces (or a path on the shared "
+                "directory), or raise the cap"
+            )
         if self._receiver is None:
             try:
                 self._open()
             except BaseException:
                 self.shutdown()  # no socket or context left behind (PortsExhausted, ...)
                 raise
-        frames = protocol.dumps(args)
         if self.task_retries or self.config.oom_retries:  # kept to re-run the task if lost
             self._args[task_no] = frames
         self._send_task(self._choose_pool(host), task_no, task_no, frames)
@@ -348,7 +360,7 @@ class Starmap:
             pool.last_heard = max(pool.last_heard, time.monotonic())
         pool.outstanding += 1
         self._outstanding[task_no] = pool
-        pool.queue_task(wire, frames)
+        pool.queue_task(wire, frames, protocol.nbytes(frames))
 
     def _choose_pool(self, host: str | None, avoid: str | None = None) -> PoolHandle:
         """The pool of ``host``, else the least loaded live pool (not ``avoid``'s if another
@@ -372,7 +384,8 @@ class Starmap:
     def _open(self) -> None:
         self._func_frame = pickle.dumps((self.func, self.monitor.operation), protocol=5)
         self._context = zmq.Context()
-        self._receiver = self._context.socket(zmq.PULL)
+        max_bytes = self.config.max_message_bytes
+        self._receiver = protocol.limit(self._context.socket(zmq.PULL), max_bytes)
         self._receiver.setsockopt(zmq.LINGER, 0)
         self._receiver.setsockopt(zmq.RCVHWM, 0)
         if self.distribute == "processpool":
@@ -380,14 +393,15 @@ class Starmap:
             authkey = local.authkey
             self.endpoint = f"ipc://{local.tmpdir.name}/recv-{self.token}"
             self._receiver.bind(self.endpoint)
-            self._pools = [connect_pool(self._context, authkey, "localhost", local.endpoint)]
+            self._pools = [connect_pool(self._context, authkey, "localhost", local.endpoint,
+                                        max_bytes)]
             timeout = 60.0  # the first start of the private pool imports the world
         elif self.distribute == "zmq":
             authkey = self.config.require_authkey()
             self.endpoint = self._bind_receiver_port()
             self._pools = [
                 connect_pool(self._context, authkey, hc.host, f"tcp://{hc.host}:"
-                             f"{self.config.ctrl_port}")
+                             f"{self.config.ctrl_port}", max_bytes)
                 for hc in self.config.require_workers()
             ]
             timeout = PING_TIMEOUT
@@ -491,7 +505,7 @@ class Starmap:
                 self._check_memory()
             if not self._receiver.poll(250):
                 continue
-            message = protocol.recv(self._receiver, self._verifier)
+            message = protocol.recv(self._receiver, self._verifier, buffers=self._buffers)
             if message is not None:
                 yield from self._handle(message)
 
@@ -654,6 +668,7 @@ class Starmap:
         self._pending.clear()
         self._args.clear()
         LeaseKeeper.release(self.token)
+        self._buffers = protocol.ReceiveBuffers()  # results still referenced keep theirs
         for pool in self._pools:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):

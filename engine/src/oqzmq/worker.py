@@ -43,6 +43,7 @@ import zmq
 
 from oqzmq import protocol
 from oqzmq.auth import Buffer, Signer, Verifier
+from oqzmq.errors import ResultTooLarge
 from oqzmq.monitor import Monitor, OperationStats, peak_memory_mb
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ def task_name(func: Callable[..., Any]) -> str:
     return getattr(func, "__qualname__", getattr(func, "__name__", repr(func)))
 
 
-def execute(func: Callable[..., Any], args: Sequence[Any], emit: Emit) -> None:
-    """Run ``func(*args)`` (the last arg is the Monitor) and emit its results and its report."""
+def execute(func: Callable[..., Any], args: Sequence[Any], emit: Emit,
+            max_bytes: int | None = None) -> None:
+    """Run ``func(*args)`` (the last arg is the Monitor) and emit its results and its report;
+    a result (or yielded part) over ``max_bytes`` is an error of the task."""
     monitor = args[-1] if args and isinstance(args[-1], Monitor) else Monitor(task_name(func))
     start = time.perf_counter()
     nbytes = nresults = 0
@@ -74,17 +77,30 @@ def execute(func: Callable[..., Any], args: Sequence[Any], emit: Emit) -> None:
         if isinstance(result, GeneratorType):
             for value in result:
                 frames = protocol.dumps(value)
-                size = protocol.nbytes(frames)
+                size = _checked_size(frames, max_bytes, func)
                 nbytes += size
                 nresults += 1
                 emit("result", None, frames, size)
             emit("end", _report(monitor, start, nbytes, nresults), (), 0)
         else:
             frames = protocol.dumps(result)
-            size = protocol.nbytes(frames)
+            size = _checked_size(frames, max_bytes, func)
             emit("last", _report(monitor, start, size, 1), frames, size)
     except Exception:
         emit("error", _report(monitor, start, nbytes, nresults, traceback.format_exc()), (), 0)
+
+
+def _checked_size(frames: Sequence[Buffer], max_bytes: int | None,
+                  func: Callable[..., Any]) -> int:
+    size = protocol.nbytes(frames)
+    if max_bytes is not None and size > max_bytes:
+        raise ResultTooLarge(
+            f"{task_name(func)} produced a result of {size / 2**20:.1f} MB, over the "
+            f"{max_bytes / 2**20:.0f} MB cap of [zworkers] max_message_mb: yield the result in "
+            "parts (make the task a generator: each yielded part travels as its own message), "
+            "or raise the cap in openquake.cfg"
+        )
+    return size
 
 
 def _report(monitor: Monitor, start: float, nbytes: int, nresults: int,
@@ -177,8 +193,10 @@ class Outbox:
     the rest is flushed when FLUSH_SECONDS have passed, so only tiny tasks are batched.
     """
 
-    def __init__(self, receivers: ReceiverSockets, pool_id: str, host: str) -> None:
+    def __init__(self, receivers: ReceiverSockets, pool_id: str, host: str,
+                 max_bytes: int) -> None:
         self.receivers = receivers
+        self.max_bytes = max_bytes  # the cap on each result (see execute)
         self.pool_id = pool_id
         self.host = host
         self.pid = os.getpid()
@@ -216,7 +234,7 @@ class Outbox:
               body: Sequence[Buffer]) -> None:
         sock, signer = self.receivers.get(endpoint, token)
         meta = batch_meta(self.pool_id, token, self.host, self.pid, peak_memory_mb(), entries)
-        protocol.send(sock, signer, meta, body)
+        protocol.send(sock, signer, meta, body, chunk=protocol.CHUNK_BYTES)
 
 
 def worker_main(
@@ -225,6 +243,7 @@ def worker_main(
     host: str,
     pool_id: str,
     ident: bytes,
+    max_bytes: int,
     main_path: str | None = None,
 ) -> None:
     """Entry point of a worker process (started by the workerpool with multiprocessing spawn)."""
@@ -234,14 +253,14 @@ def worker_main(
 
         multiprocessing.spawn.import_main_path(main_path)
     context = zmq.Context()
-    dealer = context.socket(zmq.DEALER)
+    dealer = protocol.limit(context.socket(zmq.DEALER), max_bytes)
     dealer.setsockopt(zmq.ROUTING_ID, ident)
     dealer.setsockopt(zmq.LINGER, 2000)
     dealer.connect(pool_endpoint)
     to_pool = Signer(authkey, f"pool:{pool_endpoint}")
     from_pool = Verifier(authkey, f"worker:{pool_endpoint}")
     receivers = ReceiverSockets(context, authkey)
-    outbox = Outbox(receivers, pool_id, host)
+    outbox = Outbox(receivers, pool_id, host, max_bytes)
     parent = os.getppid()
     protocol.send(dealer, to_pool, ("ready", os.getpid()))
     try:
@@ -305,7 +324,7 @@ def _run_one(
         emit("error", failure_report(_unpickling_hint(host) + traceback.format_exc()), (), 0)
         return
     try:
-        execute(func, args, emit)
+        execute(func, args, emit, outbox.max_bytes)
     except zmq.Again:
         log.error("receiver %s stopped reading: task %s#%d abandoned", endpoint, token, task_no)
 

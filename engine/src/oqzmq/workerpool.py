@@ -190,11 +190,13 @@ class WorkerPool:
         authkey: str,
         host: str,
         cores: int,
+        max_bytes: int,
         main_path: str | None = None,
         exit_with_parent: bool = False,
         limits: MemoryLimits | None = None,
     ) -> None:
         self.endpoint = endpoint
+        self.max_bytes = max_bytes  # the cap on every message this pool and its workers take
         # the private pool of processpool mode must not outlive its master, even a SIGKILLed one
         self.parent = os.getppid() if exit_with_parent else None
         self.main_path = main_path
@@ -203,7 +205,7 @@ class WorkerPool:
         self.authkey = authkey
         self.size = cores if cores > 0 else (os.cpu_count() or 1)
         self.context = zmq.Context()
-        self.ctrl = self.context.socket(zmq.ROUTER)
+        self.ctrl = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
         self.ctrl.setsockopt(zmq.LINGER, 1000)
         self.ctrl.bind(endpoint)
         self._ctrl_in = Verifier(authkey, f"ctrl:{endpoint}")
@@ -211,7 +213,7 @@ class WorkerPool:
         self._tmp = tempfile.TemporaryDirectory(prefix="oqz-pool-")
         os.chmod(self._tmp.name, 0o700)
         self.workers_endpoint = f"ipc://{self._tmp.name}/workers"
-        self.workers_sock = self.context.socket(zmq.ROUTER)
+        self.workers_sock = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.bind(self.workers_endpoint)
         self._from_workers = Verifier(authkey, f"pool:{self.workers_endpoint}")
@@ -241,7 +243,7 @@ class WorkerPool:
         process = self._spawn.Process(
             target=worker_main,
             args=(self.workers_endpoint, self.authkey, self.host, self.pool_id, ident,
-                  self.main_path),
+                  self.max_bytes, self.main_path),
             daemon=True,
             name=f"oqz-worker-{self._generation}",
         )
@@ -567,8 +569,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         authkey = sys.stdin.readline().strip() if args.authkey_stdin else config.require_authkey()
         endpoint = args.endpoint or ctrl_endpoint(args.host, args.port or config.ctrl_port)
         limits = MemoryLimits(config.soft_mem_limit, config.hard_mem_limit)
-        pool = WorkerPool(endpoint, authkey, args.host, args.cores, args.main_path,
-                          args.exit_with_parent, limits)
+        pool = WorkerPool(endpoint, authkey, args.host, args.cores, config.max_message_bytes,
+                          args.main_path, args.exit_with_parent, limits)
     except (ConfigError, zmq.ZMQError) as exc:
         print(f"workerpool: error: {exc}", file=sys.stderr)
         return 2
