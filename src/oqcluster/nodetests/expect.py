@@ -2,16 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import pytest
+
+from oqcluster.verify.results import NOT_CHECKED_PREFIX, SECURITY_TAG
+
 SEPARATOR = " | "
+# `oqcluster verify` sets it to "report": a check that cannot run is skipped with a reason
+# verify turns into "not checked". Otherwise (pytest by hand, Molecule's verifier) a security
+# check that cannot run FAILS: nothing unproven passes.
+UNCHECKED_ENV = "OQCLUSTER_UNCHECKED"
 PATTERN = re.compile(r"expected: (?P<expected>.*?) \| found: (?P<found>.*?) \| fix: (?P<fix>.*)")
 
 
 def expect(condition: bool, expected: object, found: object, fix: str) -> None:
     assert condition, message(expected, found, fix)
+
+
+def not_checked(why: str, fix: str, security: bool) -> None:
+    """This check applies here but cannot run (a tool is missing, ...): never a pass.
+
+    For a check that does not apply to this node, use pytest.skip(reason) instead."""
+    if security and os.environ.get(UNCHECKED_ENV) != "report":
+        pytest.fail(message("this security check to run", f"not checked: {why}", fix))
+    pytest.skip(f"{NOT_CHECKED_PREFIX}{SECURITY_TAG if security else ''}{why}{SEPARATOR}fix: {fix}")
 
 
 def message(expected: object, found: object, fix: str) -> str:

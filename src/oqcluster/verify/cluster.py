@@ -330,3 +330,7 @@ CLUSTER_CHECKS: tuple[tuple[str, Callable[[Context], Iterator[CheckResult]]], ..
 # Checks that leave a trace for a moment (a file in shared_dir, a listening socket):
 # `verify --read-only` skips them, as it skips the smoke calculation.
 WRITING_CHECKS = frozenset({receiver_ports_reachable, shared_dir_visible})
+# Checks that guard security (firewall allow-lists, ssh host-key pinning, authentication):
+# one that could not run fails verify unless --allow-unchecked. (The shared dir's
+# read-only-ness is proven over NFS by the node tests, so --read-only leaves none of these out.)
+SECURITY_CHECKS = frozenset({workerpools_reachable, workerpools_answer, ssh_master_to_workers})
