@@ -22,7 +22,7 @@ def test_master_services_run_enabled_in_the_openquake_slice(
     for name in services(oq):
         service = host.service(name)
         expect(service.is_running, f"{name} running", "not running",
-               f"journalctl -u {name}; systemctl restart {name}")
+               f"re-run site.yml --tags services (starts it); journalctl -u {name}")
         expect(service.is_enabled, f"{name} enabled", "not enabled",
                f"systemctl enable {name} (re-run site.yml --tags services)")
         show = dict(line.split("=", 1) for line in host.run(

@@ -38,8 +38,8 @@ def dbserver_reachable(ctx: Context) -> Iterator[CheckResult]:
     local = master.probe(master.address, [port])[port]
     if local != "open":
         yield failed(master.name, f"dbserver listens on {master.address}:{port}", "open",
-                     local, f"on {master.name}: systemctl status openquake-dbserver; "
-                     "journalctl -u openquake-dbserver")
+                     local, "re-run site.yml --tags services (starts it); on "
+                     f"{master.name}: journalctl -u openquake-dbserver")
         return
     yield passed(master.name, f"dbserver listens on {master.address}:{port}", "open")
     yield from _from_workers(ctx, port, f"reaches master {master.address}:{port} (dbserver)")
