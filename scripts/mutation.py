@@ -55,8 +55,9 @@ MUTATIONS: tuple[Mutation, ...] = (
              (r"{master} \| workerpool port refuses other workers$",),
              what="oqcluster-firewall.service stopped (its ExecStop deletes the table)"),
     Mutation("firewall-master-rule-dropped", "w1",
-             "nft flush chain inet oqcluster input && nft add rule inet oqcluster input "
-             "tcp dport {w1_ctrl} reject with tcp reset",
+             "nft -a list chain inet oqcluster input | "
+             "grep -E 'tcp dport {w1_ctrl} ip6? saddr .* accept' | sed 's/.*# handle //' | "
+             "while read -r h; do nft delete rule inet oqcluster input handle $h; done",
              (r"{w1} \| master reaches {w1_addr}:{w1_ctrl} \(workerpool\)$",),
              (r"{w1} \| workerpool answers the master",
               r"{master} \| workerpool port refuses other workers$"),
