@@ -82,6 +82,9 @@ MUTATIONS: tuple[Mutation, ...] = (
     Mutation("nfsv3-on", "master",
              f"sed -i 's/Protocols = 4;/Protocols = 3, 4;/' {GANESHA} && {RESTART_GANESHA}",
              (r"{master} \| exports refuse nfsv3$",),
+             # with rpcbind masked (NFSv4 needs none) a Ganesha asked for v3 may not serve
+             (*(rf"{{master}} \| {check}$" for check in NFS_CHECKS),
+              r"{master} \| master serves nfs and the webui on its cluster address$"),
              what="NFSv3 switched on in ganesha.conf"),
     Mutation("export-to-anyone", "master",
              f"sed -i 's/Clients = .*;/Clients = *;/' {GANESHA} && {RESTART_GANESHA}",
