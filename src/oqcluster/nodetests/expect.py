@@ -33,6 +33,8 @@ def not_checked(why: str, fix: str, security: bool) -> None:
 
 
 def message(expected: object, found: object, fix: str) -> str:
+    """One line (verify parses it line by line): a multi-line `found` is joined with '; '."""
+    found = "; ".join(line.strip() for line in str(found).splitlines() if line.strip())
     return SEPARATOR.join((f"expected: {expected}", f"found: {found}", f"fix: {fix}"))
 
 
