@@ -58,6 +58,11 @@ molecule: venv image ## the Molecule scenarios (containers)
 
 test: host-deps lint unit molecule molecule-kernel-ci ## everything CI runs: lint, pytest, Molecule (containers, then kernel VMs)
 
+MUTATION_ARGS ?=
+.PHONY: mutation
+mutation: venv ## break each guarded property of the demo cluster in turn: verify must name it, its fix heal it
+	$(BIN)/python scripts/mutation.py -i inventories/local $(MUTATION_ARGS)
+
 print-scenarios:
 	@echo $(SCENARIOS)
 

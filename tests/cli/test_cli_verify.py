@@ -23,7 +23,7 @@ from oqcluster.project import find_project
 from oqcluster.verify import cluster as checks
 from oqcluster.verify import outside, report, smoke_openquake
 from oqcluster.verify.context import Context, build_context
-from oqcluster.verify.results import Status
+from oqcluster.verify.results import CheckResult, Status
 from oqcluster.verify.smoke import parse_tasks_per_host
 
 MISSING_USER = "oqverify-nosuchuser"
@@ -126,13 +126,15 @@ def test_verify_reports_json_and_junit_and_fails(
         "fail", f"user {MISSING_USER}", "no such user")
     assert "--tags config" in user["fix"]
     assert by_check[("w1", "master services run enabled in the openquake slice")][
-        "status"] == "skip"  # w1 is not the master
+        "status"] == "not_applicable"  # w1 is not the master
     assert not any(host == "m1" and "uid" in check for host, check in by_check)  # --limit
     suites = {s.get("name"): s for s in ET.parse(junit).getroot().iter("testsuite")}
     assert int(suites["w1"].get("failures", "0")) >= 1
     failure = next(case.find("failure") for case in suites["w1"].iter("testcase")
                    if case.find("failure") is not None)
     assert "fix: " in (failure.text or "")
+    smoke = by_check[("cluster", "smoke calculation")]  # --no-smoke: not checked, not passed
+    assert (smoke["status"], smoke["security"]) == ("not_checked", False)
 
 
 def test_smoke_output_gives_tasks_per_address() -> None:
@@ -169,12 +171,13 @@ def test_verify_never_generates_the_cluster_secret(
 def test_table_shows_problems_and_smoke_counts_and_folds_the_passes() -> None:
     from rich.console import Console
 
-    from oqcluster.verify.results import CheckResult, failed, passed
+    from oqcluster.verify.results import failed, passed
 
     results = [
         passed("m", "user has the fixed uid and group"),
         passed("m", "smoke calculation (oqz run demo, 8 tasks, zmq)", "10.0.0.2: 8"),
-        CheckResult("m", "worker trusts the masters key", Status.SKIP, found="not here"),
+        CheckResult("m", "worker trusts the masters key", Status.NOT_APPLICABLE,
+                    found="not here"),
         failed("w", "workerpool listens on 10.0.0.2:1909", "open", "refused",
                "oqz workers start"),
         passed("w", "no swap is active"),
@@ -185,7 +188,7 @@ def test_table_shows_problems_and_smoke_counts_and_folds_the_passes() -> None:
 
     text = console.export_text()
     assert "smoke calculation" in text and "10.0.0.2: 8" in text
-    assert "1 more checks" in text and "1 skipped" in text
+    assert "1 more checks" in text and "not for this node" in text
     assert "fix: oqz workers start" in text
     assert "user has the fixed uid" not in text
 
@@ -298,8 +301,8 @@ def test_outside_check_is_not_checked_from_a_cluster_address(
 
     [result] = outside.refused_from_outside(ctx)  # verify runs on 127.0.0.1, the master
 
-    assert result.status == Status.SKIP and result.found.startswith("not checked:")
-    assert "outside the cluster" in result.found
+    assert result.status == Status.NOT_CHECKED and result.security
+    assert "cluster address" in result.found and "outside the cluster" in result.fix
 
 
 def test_outside_check_fails_every_port_that_answers_an_outsider(
@@ -328,3 +331,68 @@ def test_the_real_engines_probe_report_is_the_last_json_line() -> None:
     text = 'Starting oq-zworkerpool\n{"hosts": ["w1", "w2"], "status": []}\n'
     assert smoke_openquake._last_json(text) == {"hosts": ["w1", "w2"], "status": []}
     assert smoke_openquake._last_json("Traceback ...\nValueError: x\n") is None
+
+
+def _three_outcomes() -> list[CheckResult]:
+    from oqcluster.verify.results import from_skip_reason, passed
+
+    return [
+        passed("m", "dbserver listens"),
+        from_skip_reason("m", "exports refuse nfsv3", "not checked: [security] nfs-cat is "
+                         "missing on m | fix: re-run site.yml --tags config"),
+        from_skip_reason("w", "cpu profile", "not checked: perf is missing | fix: apt install"),
+        from_skip_reason("w", "master services run", "only on the host of group master"),
+    ]
+
+
+def test_skip_reasons_become_not_checked_or_not_for_this_node() -> None:
+    results = _three_outcomes()
+
+    assert [r.status for r in results] == [Status.PASS, Status.NOT_CHECKED,
+                                           Status.NOT_CHECKED, Status.NOT_APPLICABLE]
+    assert [r.security for r in results] == [False, True, False, False]
+    assert results[1].found == "nfs-cat is missing on m"
+    assert results[1].fix == "re-run site.yml --tags config"
+    assert not results[1].ok and results[3].ok
+
+
+def test_an_unchecked_security_check_fails_verify_unless_allowed() -> None:
+    from oqcluster.verify.results import verdict
+
+    results = _three_outcomes()
+
+    assert verdict(results) is False
+    assert verdict(results, allow_unchecked=True) is True
+    assert verdict([results[0], results[2], results[3]]) is True  # not security: reported only
+    line = report.summary_line(results, 1.0)
+    assert line.startswith("cluster NOT PROVEN: 1 passed, 0 failed, 0 errors, 2 not checked "
+                           "(1 of them security checks), 1 not for their node")
+    assert report.summary_line(results, 1.0, allow_unchecked=True).startswith(
+        "cluster OK as far as checked")
+
+
+def test_json_table_and_junit_keep_the_outcomes_apart(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    results = _three_outcomes()
+
+    data = json.loads(report.to_json(results, 1.0))
+    assert data["ok"] is False and data["all_checked"] is False
+    assert data["counts"] == {"pass": 1, "fail": 0, "error": 0, "not_checked": 2,
+                              "not_applicable": 1}
+    console = Console(record=True, width=160)
+    report.print_table(console, results, verbose=False)
+    text = console.export_text()
+    assert text.count("NOT CHECKED") == 2 and "nfs-cat is missing on m" in text
+    assert "security check" in text
+    junit = tmp_path / "v.xml"
+    report.write_junit(junit, results)
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["exports refuse nfsv3"].find("error") is not None
+    assert "not checked" in cases["cpu profile"].find("skipped").get("message", "")
+    assert cases["master services run"].find("skipped").get("type") == "not for this node"
+    outcome = cases["exports refuse nfsv3"].find("properties/property[@name='outcome']")
+    assert outcome is not None and outcome.get("value") == "not_checked"
+    report.write_junit(junit, results, allow_unchecked=True)
+    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert cases["exports refuse nfsv3"].find("skipped") is not None

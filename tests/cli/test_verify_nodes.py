@@ -36,3 +36,11 @@ def test_one_run_for_several_hosts_names_each_result_by_its_host() -> None:
     assert results[1].found == "/dev/sda2"
     assert nodes.node_test_command("inv", ["w1", "w1-big"], nodes.Path("j.xml"))[4] == (
         "--hosts=ansible://w1,ansible://w1-big")
+
+
+def test_a_multi_line_found_stays_parseable() -> None:
+    from oqcluster.nodetests.expect import message, parse
+
+    text = message("a read", "nfs-cat: failed\nNFS4ERR_NOENT\n", "re-run site.yml --tags nfs")
+
+    assert parse(text) == ("a read", "nfs-cat: failed; NFS4ERR_NOENT", "re-run site.yml --tags nfs")

@@ -20,6 +20,7 @@ from oqcluster.commands.common import (
 )
 from oqcluster.render import SecretMissing, render_existing_config
 from oqcluster.rules import validate
+from oqcluster.verify.results import verdict
 
 # Said with every report on a real-engine cluster: what the firewall cannot fix.
 OPENQUAKE_RISK = (
@@ -36,9 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "verify",
         help="check a provisioned cluster: nodes, ports, ssh, NFS, config, smoke calculation",
         description="Run the node test modules on every host (testinfra, in parallel), the "
-        "cluster checks from the right vantage points and a smoke calculation. Exit 0 only "
-        "when every check passes; every failure says what was expected, what was found "
-        "and what fixes it.",
+        "cluster checks from the right vantage points and a smoke calculation. Each check "
+        "passes, fails, was not checked (with the reason) or is not for that node. Exit 0 "
+        "only when nothing failed and every security check (exports, firewall, ssh pinning, "
+        "authentication) ran; every failure says what was expected, what was found and "
+        "what fixes it.",
     )
     add_inventory_argument(parser)
     parser.add_argument("--limit", metavar="PATTERN",
@@ -51,9 +54,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--read-only", action="store_true",
                         help="change nothing on the nodes: skip the smoke calculation, the "
                         "shared-dir write test and the temporary receiver listener")
+    parser.add_argument("--allow-unchecked", action="store_true",
+                        help="exit 0 even when security checks could not run (they are still "
+                        "reported as not checked)")
     parser.add_argument("--jobs", type=int, default=8, help="checks run at once (default 8)")
     parser.add_argument("-v", "--verbose", action="store_true",
-                        help="show what every passing check found, and skipped checks")
+                        help="show what every passing check found, and the checks not for "
+                        "their node")
     parser.set_defaults(func=run)
 
 
@@ -83,18 +90,19 @@ def run(args: argparse.Namespace) -> int:
     results = run_all(ctx, project.root, max(1, args.jobs), stderr(), vault_file,
                       read_only=args.read_only, smoke=not args.no_smoke)
     seconds = time.monotonic() - started
+    allow = args.allow_unchecked
     if args.junit:
-        report.write_junit(args.junit, results)
+        report.write_junit(args.junit, results, allow)
     if args.json:
-        write_stdout(report.to_json(results, seconds) + "\n")
+        write_stdout(report.to_json(results, seconds, allow) + "\n")
     else:
         console = stdout()
         report.print_table(console, results, args.verbose)
-        console.print(report.summary_line(results, seconds))
+        console.print(report.summary_line(results, seconds, allow))
     if ctx.setting("oq_engine_flavor") == "openquake":
         stderr().print(OPENQUAKE_RISK.format(
             dbserver=ctx.setting("oq_dbserver_port"), ctrl=ctx.setting("oq_ctrl_port"),
             receivers=f"{ctx.setting('oq_receiver_port_first')}-"
                       f"{ctx.setting('oq_receiver_port_last')}",
             user=ctx.setting("oq_user")))
-    return EXIT_OK if all(result.ok for result in results) else EXIT_FAILED
+    return EXIT_OK if verdict(results, allow) else EXIT_FAILED

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import re
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
+import pytest
+
+from oqcluster.verify.results import NOT_CHECKED_PREFIX, SECURITY_TAG
+
 SEPARATOR = " | "
+# `oqcluster verify` sets it to "report": a check that cannot run is skipped with a reason
+# verify turns into "not checked". Otherwise (pytest by hand, Molecule's verifier) a security
+# check that cannot run FAILS: nothing unproven passes.
+UNCHECKED_ENV = "OQCLUSTER_UNCHECKED"
 PATTERN = re.compile(r"expected: (?P<expected>.*?) \| found: (?P<found>.*?) \| fix: (?P<fix>.*)")
 
 
@@ -14,7 +23,18 @@ def expect(condition: bool, expected: object, found: object, fix: str) -> None:
     assert condition, message(expected, found, fix)
 
 
+def not_checked(why: str, fix: str, security: bool) -> None:
+    """This check applies here but cannot run (a tool is missing, ...): never a pass.
+
+    For a check that does not apply to this node, use pytest.skip(reason) instead."""
+    if security and os.environ.get(UNCHECKED_ENV) != "report":
+        pytest.fail(message("this security check to run", f"not checked: {why}", fix))
+    pytest.skip(f"{NOT_CHECKED_PREFIX}{SECURITY_TAG if security else ''}{why}{SEPARATOR}fix: {fix}")
+
+
 def message(expected: object, found: object, fix: str) -> str:
+    """One line (verify parses it line by line): a multi-line `found` is joined with '; '."""
+    found = "; ".join(line.strip() for line in str(found).splitlines() if line.strip())
     return SEPARATOR.join((f"expected: {expected}", f"found: {found}", f"fix: {fix}"))
 
 

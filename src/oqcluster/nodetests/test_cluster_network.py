@@ -8,26 +8,44 @@ the shared dir seen by every worker) is in oqcluster.verify.cluster, not here.""
 
 from __future__ import annotations
 
+import json
 import secrets
 from typing import Any
 
 import pytest
 
-from oqcluster.nodetests.expect import as_root, expect
+from oqcluster.nodetests.expect import as_root, expect, not_checked
 
 PROBE_UNIT = "oqcluster-verify-listener"
+FIREWALL_FIX = "re-run site.yml --tags firewall"
+# what can_connect prints when the connection fails: an OSError, from the network
+REFUSALS = ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError", "timeout",
+            "OSError")
+
+
+def refused(what: str) -> bool:
+    """A connection attempt that failed in the network (refused, reset, timed out,
+    unreachable), not one that could not be tried (no python3, a crash)."""
+    return what.startswith(REFUSALS)
 
 
 @pytest.fixture
 def probe_listener(cluster: Any) -> Any:
-    """A throwaway TCP listener on the first worker's workerpool port (unless one runs)."""
+    """A throwaway TCP listener on the first worker's workerpool port (unless one runs).
+
+    Yields (worker, port) only once something listens there: a refusal proves nothing
+    about the firewall when nothing listens."""
     worker = cluster.remote_workers()[0]
     node = cluster.node(worker)
     port = int(cluster.settings(worker)["oq_ctrl_port"])
+    address = cluster.address(worker)
+
+    def listening() -> bool:
+        return any(node.socket(f"tcp://{ip}:{port}").is_listening
+                   for ip in ("0.0.0.0", "::", address))
+
     started = False
-    if not node.socket(f"tcp://0.0.0.0:{port}").is_listening and not node.socket(
-        f"tcp://{cluster.address(worker)}:{port}"
-    ).is_listening:
+    if not listening():
         code = (
             "import socket\ns=socket.socket()\n"
             "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
@@ -40,29 +58,39 @@ def probe_listener(cluster: Any) -> Any:
         expect(result.rc == 0, f"a probe listener on {worker}:{port}", result.stderr.strip(),
                f"systemctl status {PROBE_UNIT} on {worker}")
         started = True
-        for _ in range(20):
-            if node.socket(f"tcp://0.0.0.0:{port}").is_listening:
+        for _ in range(40):
+            if listening():
                 break
             node.run("sleep 0.25")
-    yield worker, port
-    if started:
-        with as_root(node):
-            node.run("systemctl stop %s", PROBE_UNIT)
+    try:
+        expect(listening(), f"something listening on {worker}:{port} to probe",
+               "nothing listens (the probe listener did not come up)",
+               f"systemctl status {PROBE_UNIT}; journalctl -u {PROBE_UNIT} on {worker}")
+        yield worker, port
+    finally:
+        if started:
+            with as_root(node):
+                node.run("systemctl stop %s", PROBE_UNIT)
 
 
 @pytest.mark.usefixtures("on_master")
 def test_workerpool_port_refuses_other_workers(
     cluster: Any, connect: Any, probe_listener: tuple[str, int]
 ) -> None:
-    """Only the master may open a workerpool port (that it can is a cluster check)."""
+    """Only the master may open a workerpool port: the master gets through to the listener
+    (the positive twin), then another worker is refused by the same listener."""
     worker, port = probe_listener
     others = [name for name in cluster.remote_workers() if name != worker]
     if not others:
         pytest.skip("a second worker is needed to try the port from an unlisted address")
     target = cluster.address(worker)
+    ok, what = connect(cluster.node(cluster.master), target, port)
+    expect(ok, f"the master -> {worker} {target}:{port} connects (allowed address)", what,
+           f"the firewall of {worker} must let the master in: {FIREWALL_FIX}")
     ok, what = connect(cluster.node(others[0]), target, port)
-    expect(not ok, f"{others[0]} -> {worker} {target}:{port} refused (not the master)",
-           what, f"the firewall of {worker} lets other hosts in: re-run site.yml --tags firewall")
+    expect(not ok and refused(what),
+           f"{others[0]} -> {worker} {target}:{port} refused (not the master)",
+           what, f"the firewall of {worker} lets other hosts in: {FIREWALL_FIX}")
 
 
 @pytest.mark.usefixtures("on_master")
@@ -85,6 +113,11 @@ def _nfs_url(cluster: Any, path: str, uid: int, gid: int, version: int = 4) -> s
     return f"nfs://{cluster.address(cluster.master)}{path}?version={version}&uid={uid}&gid={gid}"
 
 
+NFS_FIX = "re-run site.yml --tags nfs; journalctl -u nfs-ganesha or nfs-server on the master"
+TOOLS_FIX = ("re-run site.yml --tags config (oq_common_verify_tools installs libnfs-utils), "
+             "or install libnfs-utils there")
+
+
 @pytest.fixture
 def nfs_probe(cluster: Any) -> Any:
     """A file in the master's shared dir, readable by the openquake group only."""
@@ -101,17 +134,39 @@ def nfs_probe(cluster: Any) -> Any:
         master.run("rm -f %s", path)
 
 
-def _libnfs(node: Any, name: str) -> None:
+def _nfs_client(node: Any, name: str) -> None:
+    """A security check of the exports needs a userspace NFS client on `name`: without
+    one the check is NOT CHECKED (never passed)."""
     if not node.exists("nfs-cat"):
-        pytest.skip(f"libnfs-utils is not installed on {name}: nothing to read the export with")
+        not_checked(f"no userspace NFS client (nfs-cat of libnfs-utils) on {name}", TOOLS_FIX,
+                    security=True)
 
 
 def _first_nfs_client(cluster: Any) -> tuple[dict[str, Any], str, Any]:
     """(the master's settings, the first worker, its testinfra host) for a probe of the exports."""
     worker = cluster.remote_workers()[0]
     node = cluster.node(worker)
-    _libnfs(node, worker)
+    _nfs_client(node, worker)
     return cluster.settings(cluster.master), worker, node
+
+
+def _said(result: Any) -> str:
+    return (result.stdout + result.stderr).strip()[-200:] or f"exit code {result.rc}"
+
+
+def _reads(cluster: Any, worker: str, node: Any, path: str, token: str) -> None:
+    """The positive twin of every refusal below: this client, as openquake, reads the
+    probe file over NFSv4."""
+    oq = cluster.settings(cluster.master)
+    read = node.run("nfs-cat %s", _nfs_url(cluster, path, oq["oq_uid"], oq["oq_gid"]))
+    expect(read.rc == 0 and read.stdout.strip() == token,
+           f"{worker} reads {path} over NFSv4 as {oq['oq_user']}", _said(read), NFS_FIX)
+
+
+def _nfs_error(result: Any, *words: str) -> bool:
+    """The NFS server said no, with one of `words` (NFS4ERR_ROFS, ...), not the network."""
+    text = (result.stdout + result.stderr).upper()
+    return result.rc != 0 and any(word.upper() in text for word in words)
 
 
 @pytest.mark.usefixtures("on_master")
@@ -120,21 +175,19 @@ def test_listed_workers_read_the_exports(cluster: Any, nfs_probe: tuple[str, str
     path, token = nfs_probe
     for worker in cluster.remote_workers():
         node = cluster.node(worker)
-        _libnfs(node, worker)
-        read = node.run("nfs-cat %s", _nfs_url(cluster, path, oq["oq_uid"], oq["oq_gid"]))
-        expect(read.rc == 0 and read.stdout.strip() == token,
-               f"{worker} reads {path} over NFSv4", (read.stdout + read.stderr).strip()[-200:],
-               "re-run site.yml --tags nfs; journalctl -u nfs-ganesha or nfs-server")
+        _nfs_client(node, worker)
+        _reads(cluster, worker, node, path, token)
         tree = node.run("nfs-ls %s", _nfs_url(cluster, oq["oq_install_dir"], 0, 0))
         expect(tree.rc == 0 and "venv" in tree.stdout,
-               f"{worker} lists {oq['oq_install_dir']} (the venv) over NFSv4",
-               (tree.stdout + tree.stderr).strip()[-200:], "re-run site.yml --tags nfs")
+               f"{worker} lists {oq['oq_install_dir']} (the venv) over NFSv4", _said(tree),
+               NFS_FIX)
 
 
 @pytest.mark.usefixtures("on_master")
-def test_exports_are_read_only(cluster: Any) -> None:
+def test_exports_are_read_only(cluster: Any, nfs_probe: tuple[str, str]) -> None:
     oq, worker, node = _first_nfs_client(cluster)
     master = cluster.node(cluster.master)
+    _reads(cluster, worker, node, *nfs_probe)
     target = f"{oq['oq_shared_dir']}/.oqcluster-nfs-write-{secrets.token_hex(4)}"
     write = node.run(
         "nfs-cp /etc/hostname %s", _nfs_url(cluster, target, oq["oq_uid"], oq["oq_gid"])
@@ -142,36 +195,120 @@ def test_exports_are_read_only(cluster: Any) -> None:
     with as_root(master):
         created = master.file(target).exists
         master.run("rm -f %s", target)
-    expect(write.rc != 0 and not created, f"a write from {worker} refused (read-only export)",
-           f"nfs-cp rc={write.rc}, file created={created}", "re-run site.yml --tags nfs")
+    expect(_nfs_error(write, "ROFS", "Read-only") and not created,
+           f"a write from {worker} refused by the server as read-only (NFS4ERR_ROFS)",
+           f"file created={created}: {_said(write)}", "export read-only: " + NFS_FIX)
 
 
 @pytest.mark.usefixtures("on_master")
 def test_exports_squash_root(cluster: Any) -> None:
     oq, worker, node = _first_nfs_client(cluster)
-    listing = node.run("nfs-ls %s", _nfs_url(cluster, oq["oq_shared_dir"], 0, 0))
-    expect(listing.rc != 0, f"root on {worker} cannot list the 2770 {oq['oq_shared_dir']} "
-           "(root squashed)", listing.stdout.strip()[-200:] or "listed",
-           f"chmod 2770 {oq['oq_shared_dir']} on the master, export with root_squash: "
+    shared = oq["oq_shared_dir"]
+    own = node.run("nfs-ls %s", _nfs_url(cluster, shared, oq["oq_uid"], oq["oq_gid"]))
+    expect(own.rc == 0, f"{oq['oq_user']} on {worker} lists {shared} over NFSv4", _said(own),
+           NFS_FIX)
+    listing = node.run("nfs-ls %s", _nfs_url(cluster, shared, 0, 0))
+    expect(_nfs_error(listing, "ACCESS", "Permission denied"),
+           f"root on {worker} refused the 2770 {shared} (root squashed: NFS4ERR_ACCESS)",
+           _said(listing) if listing.rc else "listed",
+           f"chmod 2770 {shared} on the master, export with root_squash: "
            "re-run site.yml --tags nfs")
+
+
+# An ONC RPC NULL call (RFC 5531) for the NFS program in a given version, sent straight to
+# port 2049: no portmapper (rpcbind) is involved, so a firewall that blocks rpcbind cannot
+# make it look refused. Prints what the server answered for each version.
+RPC_NULL = """
+import json, os, socket, struct, sys
+address, port = sys.argv[1], int(sys.argv[2])
+answers = {}
+for version in (3, 4):
+    xid = int.from_bytes(os.urandom(4), "big")
+    call = struct.pack(">10I", xid, 0, 2, 100003, version, 0, 0, 0, 0, 0)
+    try:
+        with socket.create_connection((address, port), timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(struct.pack(">I", 0x80000000 | len(call)) + call)
+            data = b""
+            while len(data) < 4 or len(data) < 4 + (struct.unpack(">I", data[:4])[0] & 0x7fffffff):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as error:
+        answers[version] = "network: " + type(error).__name__
+        continue
+    body = data[4:]
+    if len(body) < 12 or struct.unpack(">I", body[:4])[0] != xid:
+        answers[version] = "no RPC reply"
+    elif struct.unpack(">I", body[8:12])[0] != 0:
+        answers[version] = "denied"
+    else:
+        verf_len = struct.unpack(">I", body[16:20])[0]
+        at = 20 + (verf_len + 3) // 4 * 4
+        stat = struct.unpack(">I", body[at:at + 4])[0]
+        if stat == 0:
+            answers[version] = "success"
+        elif stat == 2:
+            low, high = struct.unpack(">2I", body[at + 4:at + 12])
+            answers[version] = f"version mismatch: serves {low}-{high}"
+        else:
+            answers[version] = f"accept_stat {stat}"
+print(json.dumps(answers))
+"""
+
+
+def _server_nfs_versions(cluster: Any) -> tuple[bool, str]:
+    """(v3 off and v4 on in the running server's configuration, what was read)."""
+    master = cluster.node(cluster.master)
+    with as_root(master):
+        if cluster.var(cluster.master, "oq_nfs_server_backend", "kernel") == "ganesha":
+            conf = master.file("/etc/ganesha/ganesha.conf").content_string
+            protocols = [line.split("=", 1)[1].strip(" ;") for line in conf.splitlines()
+                         if line.strip().lower().startswith("protocols")]
+            return bool(protocols) and all(p == "4" for p in protocols), \
+                f"ganesha.conf Protocols = {', '.join(protocols) or 'unset (3, 4)'}"
+        versions = master.run("cat /proc/fs/nfsd/versions").stdout.split()
+        return "-3" in versions and "+4" in versions, \
+            f"/proc/fs/nfsd/versions: {' '.join(versions) or 'unreadable'}"
 
 
 @pytest.mark.usefixtures("on_master")
 def test_exports_refuse_nfsv3(cluster: Any) -> None:
-    oq, _worker, node = _first_nfs_client(cluster)
-    v3 = node.run("nfs-ls %s", _nfs_url(cluster, oq["oq_shared_dir"], oq["oq_uid"],
-                                        oq["oq_gid"], version=3))
-    expect(v3.rc != 0, "NFSv3 refused (NFSv4 only)", "NFSv3 answered",
+    """NFSv3 off, proven at the server: its running configuration says so, and an RPC call
+    for NFS version 3 that reaches port 2049 gets "version mismatch" while version 4, in
+    the same connection attempt from the same worker, succeeds."""
+    worker = cluster.remote_workers()[0]
+    node = cluster.node(worker)
+    off, found = _server_nfs_versions(cluster)
+    expect(off, "the NFS server configured NFSv4 only (v3 off)", found,
            "re-run site.yml --tags nfs")
+    out = node.run("python3 -c %s %s %s", RPC_NULL, cluster.address(cluster.master), "2049")
+    answers = json.loads(out.stdout) if out.rc == 0 else {}
+    expect(answers.get("4") == "success",
+           f"{worker}'s NFSv4 NULL call answered by {cluster.address(cluster.master)}:2049",
+           answers.get("4") or _said(out), NFS_FIX)
+    v3 = answers.get("3", "")
+    served = [int(n) for n in v3.removeprefix("version mismatch: serves ").split("-")
+              if n.isdigit()] if v3.startswith("version mismatch") else []
+    expect(len(served) == 2 and not served[0] <= 3 <= served[1],
+           "the NFSv3 NULL call reaches the server and is refused (version mismatch)",
+           v3 or _said(out), "turn NFSv3 off: re-run site.yml --tags nfs")
 
 
 @pytest.mark.usefixtures("on_master")
 def test_an_unlisted_client_is_refused(cluster: Any, nfs_probe: tuple[str, str]) -> None:
-    """The master itself is never in the export list: it stands for any unlisted host."""
+    """The master itself is never in the export list: it stands for any unlisted host. A
+    listed worker reads the same file first (the positive twin)."""
     oq = cluster.settings(cluster.master)
     master = cluster.node(cluster.master)
-    _libnfs(master, cluster.master)
-    path, _ = nfs_probe
+    worker = cluster.remote_workers()[0]
+    node = cluster.node(worker)
+    _nfs_client(node, worker)
+    _nfs_client(master, cluster.master)
+    path, token = nfs_probe
+    _reads(cluster, worker, node, path, token)
     read = master.run("nfs-cat %s", _nfs_url(cluster, path, oq["oq_uid"], oq["oq_gid"]))
-    expect(read.rc != 0, f"{cluster.address(cluster.master)} (not listed) refused",
-           "the export answered", "re-run site.yml --tags nfs")
+    expect(_nfs_error(read, "NOENT", "ACCESS", "PERM", "No such file", "denied"),
+           f"{cluster.address(cluster.master)} (not listed) refused by the NFS server",
+           _said(read) if read.rc else "the export answered", NFS_FIX)

@@ -47,11 +47,23 @@ def _is_swap_entry(line: str) -> bool:
 @pytest.mark.parametrize("unit", ["openquake.slice", "user-{uid}.slice"],
                          ids=["openquake.slice", "the openquake user's slice"])
 def test_slice_has_a_memory_cap(host: Any, oq: dict[str, Any], unit: str) -> None:
+    """The caps systemd holds are the inventory's shares of this node's RAM."""
     name = unit.format(uid=oq["oq_uid"])
-    value = host.run("systemctl show -p MemoryMax --value %s", name).stdout.strip()
-    expect(value.isdigit(), f"{name} MemoryMax set ({oq['oq_memory_max_percent']}% of RAM)",
-           f"MemoryMax={value or 'unknown'}",
-           "re-run site.yml --tags cgroup; systemctl daemon-reload")
+    mem_total = _mem_total(host)
+    for setting, percent in (("MemoryMax", oq["oq_memory_max_percent"]),
+                             ("MemoryHigh", oq["oq_memory_high_percent"])):
+        value = host.run("systemctl show -p %s --value %s", setting, name).stdout.strip()
+        share = 100 * int(value) / mem_total if value.isdigit() else None
+        expect(share is not None and abs(share - percent) < 1.0,
+               f"{name} {setting} = {percent}% of RAM (the inventory's value)",
+               f"{setting}={value or 'unknown'}"
+               + (f" = {share:.1f}% of {mem_total} bytes" if share is not None else ""),
+               "re-run site.yml --tags cgroup; systemctl daemon-reload")
+
+
+def _mem_total(host: Any) -> int:
+    meminfo = host.file("/proc/meminfo").content_string.splitlines()
+    return 1024 * int(next(line.split()[1] for line in meminfo if line.startswith("MemTotal:")))
 
 
 def test_openquake_slice_memory_cap_is_in_the_kernel(host: Any, oq: dict[str, Any]) -> None:
@@ -70,9 +82,7 @@ def test_openquake_slice_memory_cap_is_in_the_kernel(host: Any, oq: dict[str, An
     expect(limit.exists, path, "missing", "enable the cgroup memory controller (kernel command "
            "line cgroup_enable=memory) and reboot")
     in_kernel = int(limit.content_string.strip())
-    meminfo = host.file("/proc/meminfo").content_string.splitlines()
-    mem_total = 1024 * int(next(line.split()[1] for line in meminfo
-                                if line.startswith("MemTotal:")))
+    mem_total = _mem_total(host)
     share = 100 * in_kernel / mem_total
     expect(abs(share - oq["oq_memory_max_percent"]) < 1.0,
            f"memory cap {oq['oq_memory_max_percent']}% of RAM in cgroupfs",

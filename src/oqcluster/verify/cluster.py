@@ -39,8 +39,8 @@ def dbserver_reachable(ctx: Context) -> Iterator[CheckResult]:
     local = master.probe(master.address, [port])[port]
     if local != "open":
         yield failed(master.name, f"dbserver listens on {master.address}:{port}", "open",
-                     local, f"on {master.name}: systemctl status openquake-dbserver; "
-                     "journalctl -u openquake-dbserver")
+                     local, "re-run site.yml --tags services (starts it); on "
+                     f"{master.name}: journalctl -u openquake-dbserver")
         return
     yield passed(master.name, f"dbserver listens on {master.address}:{port}", "open")
     yield from _from_workers(ctx, port, f"reaches master {master.address}:{port} (dbserver)")
@@ -336,6 +336,11 @@ BUNDLED_ENGINE_ONLY = frozenset({workerpools_reachable, workerpools_answer})
 # Checks that leave a trace for a moment (a file in shared_dir, a listening socket):
 # `verify --read-only` skips them, as it skips the smoke calculation.
 WRITING_CHECKS = frozenset({receiver_ports_reachable, shared_dir_visible, refused_from_outside})
+# Checks that guard security (firewall allow-lists, ssh host-key pinning, authentication):
+# one that could not run fails verify unless --allow-unchecked. (The shared dir's
+# read-only-ness is proven over NFS by the node tests, so --read-only leaves none of these out.)
+SECURITY_CHECKS = frozenset({workerpools_reachable, workerpools_answer, ssh_master_to_workers,
+                             refused_from_outside})
 
 
 def cluster_checks(flavor: str) -> tuple[tuple[str, ClusterCheck], ...]:

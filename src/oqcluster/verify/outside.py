@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from oqcluster.verify.context import Context
 from oqcluster.verify.remote import LISTENER, Node
-from oqcluster.verify.results import CheckResult, Status, failed, passed
+from oqcluster.verify.results import CheckResult, failed, not_checked, passed
 
 LISTEN_SECONDS = 40
 CONNECT_TIMEOUT = 3.0
@@ -39,9 +39,9 @@ def refused_from_outside(ctx: Context) -> Iterator[CheckResult]:
     if outsider is None or outsider in cluster:
         reason = ("this control node has no route to the master" if outsider is None else
                   f"this control node is a cluster address ({outsider})")
-        yield CheckResult(ctx.master.name, "engine ports refuse an address outside the cluster",
-                          Status.SKIP, found=f"not checked: {reason}; run verify from a "
-                          "machine outside the cluster to check it")
+        yield not_checked(ctx.master.name, "engine ports refuse an address outside the cluster",
+                          reason, "run verify from a machine outside the cluster, or say "
+                          "--allow-unchecked", security=True)
         return
     for target in targets(ctx):
         yield _check(target, outsider)

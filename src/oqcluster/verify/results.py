@@ -1,4 +1,11 @@
-"""What a check found: one `CheckResult` per (host, check)."""
+"""What a check found: one `CheckResult` per (host, check).
+
+Four outcomes, never merged: passed, failed (or an error: the check broke), not checked (it
+should have run here and could not, with the reason) and not for this node (it does not
+apply here). A `security` check that was not checked makes the verdict fail unless the
+user allows it (`verify --allow-unchecked`): exports, firewall, ssh pinning, authentication
+unproven are not secure.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +13,17 @@ import enum
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
+# The skip reasons of the node tests say which of the two skips they are (expect.py).
+NOT_CHECKED_PREFIX = "not checked: "
+SECURITY_TAG = "[security] "
+
 
 class Status(enum.StrEnum):
     PASS = "pass"
     FAIL = "fail"
-    ERROR = "error"  # the check itself could not run (host unreachable, command missing)
-    SKIP = "skip"
+    ERROR = "error"  # the check itself broke (host unreachable, traceback)
+    NOT_CHECKED = "not_checked"  # it applies here but could not run: the reason is in found
+    NOT_APPLICABLE = "not_applicable"  # not for this node (a master-only check on a worker)
 
 
 @dataclass(frozen=True)
@@ -23,10 +35,18 @@ class CheckResult:
     found: str = ""
     fix: str = ""
     seconds: float = 0.0
+    security: bool = False  # guards security: unchecked, it fails verify
 
     @property
     def ok(self) -> bool:
-        return self.status in (Status.PASS, Status.SKIP)
+        """Passed, or not for this node: nothing left unproven."""
+        return self.status in (Status.PASS, Status.NOT_APPLICABLE)
+
+    def blocks(self, allow_unchecked: bool = False) -> bool:
+        """Does this result make verify fail?"""
+        if self.status in (Status.FAIL, Status.ERROR):
+            return True
+        return self.status == Status.NOT_CHECKED and self.security and not allow_unchecked
 
     def as_dict(self) -> dict[str, object]:
         data = asdict(self)
@@ -34,13 +54,44 @@ class CheckResult:
         return data
 
 
-def passed(host: str, check: str, found: str = "", seconds: float = 0.0) -> CheckResult:
-    return CheckResult(host, check, Status.PASS, found=found, seconds=seconds)
+def passed(host: str, check: str, found: str = "", seconds: float = 0.0,
+           security: bool = False) -> CheckResult:
+    return CheckResult(host, check, Status.PASS, found=found, seconds=seconds,
+                       security=security)
 
 
-def failed(host: str, check: str, expected: str, found: str, fix: str) -> CheckResult:
-    return CheckResult(host, check, Status.FAIL, expected=expected, found=found, fix=fix)
+def failed(host: str, check: str, expected: str, found: str, fix: str,
+           security: bool = False) -> CheckResult:
+    return CheckResult(host, check, Status.FAIL, expected=expected, found=found, fix=fix,
+                       security=security)
+
+
+def not_checked(host: str, check: str, why: str, fix: str = "",
+                security: bool = False) -> CheckResult:
+    return CheckResult(host, check, Status.NOT_CHECKED, expected="the check to run",
+                       found=why, fix=fix, security=security)
+
+
+def from_skip_reason(host: str, check: str, reason: str) -> CheckResult:
+    """A node test's skip: `not checked: [security] why` or any other reason (not for
+    this node)."""
+    reason = reason.strip()
+    if not reason.startswith(NOT_CHECKED_PREFIX):
+        return CheckResult(host, check, Status.NOT_APPLICABLE, found=reason)
+    why = reason.removeprefix(NOT_CHECKED_PREFIX)
+    security = why.startswith(SECURITY_TAG)
+    why = why.removeprefix(SECURITY_TAG)
+    fix = ""
+    if " | fix: " in why:
+        why, fix = why.split(" | fix: ", 1)
+    return not_checked(host, check, why, fix, security)
+
+
+def verdict(results: Iterable[CheckResult], allow_unchecked: bool = False) -> bool:
+    """True when verify may exit 0."""
+    return not any(result.blocks(allow_unchecked) for result in results)
 
 
 def all_ok(results: Iterable[CheckResult]) -> bool:
+    """Every check passed or did not apply (nothing failed, nothing left unchecked)."""
     return all(result.ok for result in results)

@@ -17,11 +17,11 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from oqcluster.verify.cluster import WRITING_CHECKS, cluster_checks
+from oqcluster.verify.cluster import SECURITY_CHECKS, WRITING_CHECKS, cluster_checks
 from oqcluster.verify.context import Context
 from oqcluster.verify.nodes import run_node_tests, split_hosts
 from oqcluster.verify.remote import Node
-from oqcluster.verify.results import CheckResult, Status
+from oqcluster.verify.results import CheckResult, Status, not_checked
 from oqcluster.verify.smoke import smoke_calculation
 
 CheckFunction = Callable[[Context], Iterable[CheckResult]]
@@ -91,6 +91,11 @@ def run_all(
         ]
         results = unreachable + [
             r for future in (*node_futures, *cluster_futures) for r in future.result()
+        ] + [
+            not_checked("cluster", label, "--read-only: this check writes on the nodes",
+                        "run verify without --read-only", security=check in SECURITY_CHECKS)
+            for label, check in cluster_checks(ctx.setting("oq_engine_flavor"))
+            if read_only and check in WRITING_CHECKS
         ]
         # after the cluster checks, not along: the receiver check may borrow a live
         # calculation's receiver port, which the smoke calculation closes when it ends
@@ -98,6 +103,10 @@ def run_all(
             future = _tracked(progress, pool, "smoke calculation",
                               lambda: guarded("smoke calculation", smoke_calculation, ctx))
             results += future.result()
+        else:
+            why = "--read-only" if read_only else "--no-smoke"
+            results.append(not_checked("cluster", "smoke calculation", f"{why} was given",
+                                       f"run verify without {why}"))
     return sorted_by_host(results, ctx)
 
 
@@ -126,7 +135,7 @@ def _finished(
         # no live display in CI logs: one line per finished step instead
         results = done.result()
         bad = sum(not r.ok for r in results)
-        progress.console.print(f"{label}: {len(results) - bad} ok, {bad} not ok "
+        progress.console.print(f"{label}: {len(results) - bad} ok, {bad} failed or not checked "
                                f"({time.monotonic() - started:.1f}s)")
 
 
