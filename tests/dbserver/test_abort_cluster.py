@@ -95,8 +95,8 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
     client = DbClient(config)
     second = None
     long_run = subprocess.Popen(
-        # 3 tasks of several seconds each: the pool's one worker holds two of them
-        [*OQZ, "run", "demo", "--sources", "300", "--sites", "2000", "--tasks", "3"],
+        # 3 tasks of many seconds each (aborted long before they end, also on a loaded machine)
+        [*OQZ, "run", "demo", "--sources", "900", "--sites", "2000", "--tasks", "3"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
