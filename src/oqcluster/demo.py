@@ -81,7 +81,7 @@ def demo_up(project: Project, run_job: bool, size: str, flavor: str | None = Non
     elif run_job:
         step(f"demo calculation ({size})", run_demo_job, project, size)
     console.print(f"[green]demo cluster ready[/green] in {time.monotonic() - started:.0f} s")
-    print_next_steps(project)
+    print_next_steps(project, flavor)
 
 
 def remember_flavor(project: Project, flavor: str | None) -> str:
@@ -197,15 +197,21 @@ def run_openquake_job(project: Project) -> None:
                  f"{VENV}/bin/oq", "engine", "--run", f"{site}/{OPENQUAKE_JOB}"])
 
 
-def print_next_steps(project: Project) -> None:
+def print_next_steps(project: Project, flavor: str = FLAVORS[0]) -> None:
     master = container_names(project)[0]
-    console.print(
-        "\nNext:\n"
-        f"  .venv/bin/oqcluster verify -i {INVENTORY}     prove every node and the cluster work\n"
-        f"  docker exec -it {master} runuser -u openquake -- {OQZ} list\n"
-        f"  docker exec -it {master} runuser -u openquake -- {OQZ} run demo --size medium\n"
-        "  make demo-down                                  remove the demo cluster"
-    )
+    as_openquake = f"docker exec -it {master} runuser -u openquake --"
+    if flavor == "openquake":
+        engine = [f"  {as_openquake} {VENV}/bin/oq engine --lhc",
+                  f"  {as_openquake} {VENV}/bin/oq engine --run JOB.ini"]
+    else:
+        engine = [f"  {as_openquake} {OQZ} list",
+                  f"  {as_openquake} {OQZ} run demo --size medium"]
+    console.print("\n".join([
+        "\nNext:",
+        f"  .venv/bin/oqcluster verify -i {INVENTORY}     prove every node and the cluster work",
+        *engine,
+        "  make demo-down                                  remove the demo cluster",
+    ]))
 
 
 def venv_tool(name: str) -> str:
