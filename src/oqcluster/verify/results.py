@@ -95,3 +95,8 @@ def verdict(results: Iterable[CheckResult], allow_unchecked: bool = False) -> bo
 def all_ok(results: Iterable[CheckResult]) -> bool:
     """Every check passed or did not apply (nothing failed, nothing left unchecked)."""
     return all(result.ok for result in results)
+
+
+def last_lines(text: str, lines: int = 3) -> str:
+    """The end of a command's output, on one line, for a result's `found`."""
+    return " | ".join(text.strip().splitlines()[-lines:]) or "no output"

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 from oqcluster.verify.context import Context
-from oqcluster.verify.results import CheckResult, failed, passed
+from oqcluster.verify.results import CheckResult, failed, last_lines, passed
 from oqcluster.verify.smoke_openquake import smoke_openquake
 
 TASKS_PER_WORKER = 4
@@ -40,7 +40,7 @@ def smoke_oqzmq(ctx: Context) -> Iterator[CheckResult]:
     seconds = time.monotonic() - started
     check = f"smoke calculation (oqz run demo, {tasks} tasks, zmq)"
     if out.rc != 0:
-        yield failed(ctx.master.name, check, "exit 0", _last_lines(out.stdout + out.stderr),
+        yield failed(ctx.master.name, check, "exit 0", last_lines(out.stdout + out.stderr),
                      f"on {ctx.master.name} as {user}: oqz workers status; oqz workers start; "
                      "then OQ_CONFIG_FILE=... oqz run demo --size tiny")
         return
@@ -72,7 +72,3 @@ def parse_tasks_per_host(stdout: str) -> dict[str, int]:
 
 def _summary(counts: dict[str, int]) -> str:
     return ", ".join(f"{host}: {n}" for host, n in sorted(counts.items())) or "no task counts"
-
-
-def _last_lines(text: str, lines: int = 3) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:]) or "no output"

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 from oqcluster.verify.context import Context
 from oqcluster.verify.remote import Node
-from oqcluster.verify.results import CheckResult, failed, passed
+from oqcluster.verify.results import CheckResult, failed, last_lines, passed
 
 TASKS_PER_WORKER = 4
 TIMEOUT_SECONDS = 600  # a first run compiles the engine's numba functions on every node
@@ -61,7 +61,7 @@ def _reach_probe(ctx: Context) -> Iterator[CheckResult]:
     report = _last_json(out.stdout)
     if out.rc != 0 or report is None:
         yield failed(ctx.master.name, check, "exit 0 and a report",
-                     _last_lines(out.stdout + out.stderr),
+                     last_lines(out.stdout + out.stderr),
                      f"on {ctx.master.name} as {user}: oq workers start; oq workers status "
                      "(ssh to each worker must work without a prompt)")
         return
@@ -97,7 +97,7 @@ def _hazard_job(ctx: Context) -> Iterator[CheckResult]:
         yield passed(ctx.master.name, check, f"completed in {seconds:.0f}s", seconds)
     else:
         yield failed(ctx.master.name, check, "the calculation completes",
-                     _last_lines(out.stdout + out.stderr),
+                     last_lines(out.stdout + out.stderr),
                      f"on {ctx.master.name} as {user}: oq engine --run {job}; "
                      "journalctl -u openquake-dbserver")
 
@@ -110,7 +110,3 @@ def _last_json(stdout: str) -> dict[str, list[str]] | None:
             except ValueError:
                 return None
     return None
-
-
-def _last_lines(text: str, lines: int = 3) -> str:
-    return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
