@@ -25,6 +25,7 @@ from oqzmq.config import Config
 from oqzmq.errors import WorkerLost
 from oqzmq.monitor import Monitor
 from oqzmq.parallel import Starmap
+from oqzmq.workerpool import LEASE_TIMEOUT, RESTART_EXIT
 
 
 def wait_for_pid(path: Path, timeout: float = 30) -> int:
@@ -255,3 +256,38 @@ def touch_on_rejoin(smap: Starmap, host: str, gate: Path) -> None:
     while host not in smap.live_hosts and time.monotonic() < deadline:
         time.sleep(0.05)
     gate.touch()
+
+
+def test_a_restart_request_waits_until_no_calculation_uses_the_pool(
+    cluster: Cluster, config: Config, tmp_path: Path
+) -> None:
+    """SIGHUP (the unit's reload after site.yml changed the config or engine) while a task
+    runs on 127.0.0.3: the pool serves the calculation to its end, then exits with
+    RESTART_EXIT once no lease was renewed for LEASE_TIMEOUT s."""
+    gate = tmp_path / "gate"
+    smap = Starmap(wait_for_file, monitor=Monitor("restart when idle"), distribute="zmq")
+    smap.submit_to("127.0.0.3", str(gate), 7)
+    results = iter(smap)
+    pid = cluster.pool_pid("127.0.0.3")
+    time.sleep(1)  # the task is running
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(3)
+    assert exit_code(pid) is None and cluster.pool_pid("127.0.0.3") == pid, "restarted busy"
+    gate.touch()
+    assert list(results) == [7]
+    finished = time.monotonic()
+    deadline = finished + LEASE_TIMEOUT + 30
+    while (code := exit_code(pid)) is None:
+        assert time.monotonic() < deadline, "the idle pool did not restart"
+        time.sleep(0.1)
+    report("calculation ended -> idle pool exits to restart", time.monotonic() - finished)
+    assert code == RESTART_EXIT
+    assert "restarting for the new settings" in cluster.log("127.0.0.3")
+    assert all(r.ok for r in launcher.start_pools(config, "local", wait=60))
+
+
+def exit_code(pid: int) -> int | None:
+    """The exit code of the pool ``pid`` (a child of this process: the fixture's launcher
+    started it), None while it runs."""
+    done, status = os.waitpid(pid, os.WNOHANG)
+    return os.waitstatus_to_exitcode(status) if done else None

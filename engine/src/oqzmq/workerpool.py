@@ -18,6 +18,12 @@ Control messages (``meta`` tuples from a master's DEALER; every one authenticate
     ("stop",)                 finish running tasks, then exit
     ("kill",)                 kill the worker processes now (their tasks are reported lost)
 
+SIGHUP asks for a restart when idle (the ``openquake-workerpool`` unit's reload, sent by
+site.yml after it changed this node's openquake.cfg or the engine): the pool serves on as
+before, and exits with ``RESTART_EXIT`` (systemd starts it again, with the new settings and
+code) once no task is queued or running here and no calculation has renewed a lease for
+``LEASE_TIMEOUT`` s. A running calculation is never interrupted by it.
+
 Tasks go to worker processes in batches, ``("tasks", token, reply_endpoint, func, task_nos,
 nframes)``, their frames forwarded as the master encoded them (never unpickled here), up to a
 prefetch depth that adapts to the observed task duration (deep for tiny tasks, so messages
@@ -71,6 +77,7 @@ PREFETCH_MAX = 256
 HEARTBEAT = 1.0
 CHECK_CHILDREN = 0.2
 LEASE_TIMEOUT = float(os.environ.get("OQ_LEASE_TIMEOUT", "15"))
+RESTART_EXIT = 75  # EX_TEMPFAIL: "restart me" (the unit's RestartForceExitStatus)
 
 
 @dataclass
@@ -226,6 +233,8 @@ class WorkerPool:
         self.stopping = False
         self.running = True
         self.terminate_reason = ""  # set from a signal handler, acted on by the loop
+        self.restart_requested = False  # SIGHUP: exit with RESTART_EXIT once idle
+        self.exit_code = 0
         self._spawn = multiprocessing.get_context("spawn")
         self.limits = limits or MemoryLimits(90, 99)
         self.memory_warning = ""  # sent with the heartbeats while above the soft limit
@@ -319,6 +328,11 @@ class WorkerPool:
                     self._kill_now("lost its master process")
                     break
                 if self.stopping and not self.queue and not self._busy_slots():
+                    self.running = False
+                if self.restart_requested and self._idle(now):
+                    log.info("restarting for the new settings or engine: no calculation "
+                             "has used this pool for %.0f s", LEASE_TIMEOUT)
+                    self.exit_code = RESTART_EXIT
                     self.running = False
             if now - last_beat >= HEARTBEAT:
                 last_beat = now
@@ -487,6 +501,16 @@ class WorkerPool:
             return ("killed", self.host)
         return ("error", f"unknown command {command!r}")
 
+    def _idle(self, now: float) -> bool:
+        """No task here and no calculation that used this pool in the last LEASE_TIMEOUT s."""
+        leased = any(now - seen <= LEASE_TIMEOUT for seen in self.leases.values())
+        return not self.queue and not self._busy_slots() and not leased
+
+    def request_restart(self) -> None:
+        if not self.restart_requested:
+            log.info("restart requested (SIGHUP): restarting once idle")
+        self.restart_requested = True
+
     def _busy_slots(self) -> list[WorkerSlot]:
         return [s for s in self.slots.values() if s.assigned]
 
@@ -577,10 +601,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.pidfile:
         args.pidfile.write_text(f"{os.getpid()}\n")
     signal.signal(signal.SIGTERM, lambda *_: setattr(pool, "terminate_reason", "got SIGTERM"))
+    signal.signal(signal.SIGHUP, lambda *_: pool.request_restart())
     pool.start_workers()
     notify("READY=1")  # systemd Type=notify: the control socket is bound, workers starting
     pool.serve()
-    return 0
+    return pool.exit_code
 
 
 if __name__ == "__main__":
