@@ -1,5 +1,5 @@
 """The engine's demo calculation on the real-kernel cluster: run from the master in zmq mode,
-workerpools started over ssh by openquake (pinned host keys, BatchMode), tasks computed on
+on the workerpools the workers' units run (`oqz workers start` finds them answering), tasks computed on
 every worker, the datastore written on the master and visible on the workers over NFS."""
 
 from __future__ import annotations
@@ -26,8 +26,7 @@ def engine(cluster: Any) -> Any:
     def oqz(arguments: str) -> Any:
         return master.run(f"{prefix} {arguments}")
 
-    yield oqz
-    oqz("workers stop")
+    return oqz
 
 
 @pytest.mark.usefixtures("on_master")

@@ -205,3 +205,31 @@ def test_worker_trusts_the_masters_key(host: Any, oq: dict[str, Any], cluster: C
            f"{home}/.ssh/authorized_keys",
            f"{len(entries)} other key(s)" if entries else "no key",
            "re-run site.yml --tags ssh")
+
+
+POOL_UNIT = "openquake-workerpool.service"
+
+
+@pytest.mark.usefixtures("worker_only")
+def test_worker_runs_its_pool_from_the_enabled_workerpool_service(
+    host: Any, oq: dict[str, Any]
+) -> None:
+    """Bundled engine: the pool runs from its enabled unit, so a rebooted worker rejoins by
+    itself; the real engine starts its pools for each calculation, so no unit is left."""
+    service = host.service(POOL_UNIT)
+    if oq["oq_engine_flavor"] != "oqzmq":
+        expect(not service.is_enabled, f"no {POOL_UNIT} enabled (the engine starts its pools)",
+               "enabled", "re-run site.yml --tags workerpool")
+        return
+    expect(service.is_enabled, f"{POOL_UNIT} enabled", "not enabled",
+           "re-run site.yml --tags workerpool")
+    expect(service.is_running, f"{POOL_UNIT} running", "not running",
+           f"on the master as {oq['oq_user']}: oqz workers start; journalctl -u {POOL_UNIT}")
+    show = dict(line.split("=", 1) for line in host.run(
+        "systemctl show -p Slice,User,MainPID %s", POOL_UNIT).stdout.splitlines())
+    wanted = {"Slice": "openquake.slice", "User": oq["oq_user"]}
+    found = {key: show.get(key) for key in wanted}
+    expect(found == wanted, str(wanted), str(found), "re-run site.yml --tags workerpool")
+    command = host.file(f"/proc/{show['MainPID']}/cmdline").content_string.replace("\0", " ")
+    expect("-m oqzmq.workerpool" in command, f"{POOL_UNIT} runs the workerpool", command,
+           f"journalctl -u {POOL_UNIT}")
