@@ -1,6 +1,6 @@
-"""The engine's demo calculation on the real-kernel cluster: run from the master in zmq mode,
-on the workerpools the workers' units run (`oqz workers start` finds them answering), tasks computed on
-every worker, the datastore written on the master and visible on the workers over NFS."""
+"""The engine's demo calculation on the real-kernel cluster: run from the master in zmq mode
+on the pools the workers' units run (`oqz workers start` finds them answering), tasks computed
+on every worker, the datastore written on the master and visible on the workers over NFS."""
 
 from __future__ import annotations
 
