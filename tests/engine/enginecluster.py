@@ -12,7 +12,7 @@ from pathlib import Path
 import zmq
 from oqzmq import launcher
 from oqzmq.config import Config, HostCores
-from oqzmq.parallel import connect_pool
+from oqzmq.poolclient import connect_pool
 
 HERE = Path(__file__).parent
 AUTHKEY = "engine-tests-secret-6Zq1v8Kp3Lr0Xy7Wm2Nb"

@@ -30,7 +30,7 @@ from pathlib import Path
 import zmq
 
 from oqzmq.config import Config, HostCores, is_local_host
-from oqzmq.parallel import PoolHandle, connect_pool, ping_pools
+from oqzmq.poolclient import PoolHandle, connect_pool, ping_pools
 
 REMOTE_PYTHON = "/opt/openquake/venv/bin/python"
 SSH_USER = "openquake"

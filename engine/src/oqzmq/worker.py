@@ -57,7 +57,9 @@ Emit = Callable[[str, Report | None, Sequence[Buffer], int], None]
 SEND_TIMEOUT_MS = 120_000
 RECEIVER_HWM = 64
 MAX_RECEIVER_SOCKETS = 16
-BATCH_BYTES = 256 * 1024  # results smaller than this wait (at most FLUSH_SECONDS) for company
+# Results smaller than this wait (at most FLUSH_SECONDS) for company; a batch of them
+# leaves once it holds this many bytes.
+RESULT_BATCH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.01
 
 
@@ -208,7 +210,7 @@ class Outbox:
     def add(self, endpoint: str, token: str, entry: Entry, frames: Sequence[Buffer],
             size: int) -> None:
         """Queue (or send) one task message; ``size``: its frames' bytes."""
-        if size >= BATCH_BYTES:
+        if size >= RESULT_BATCH_BYTES:
             self.flush()  # keep the order of this task's messages
             self._send(endpoint, token, [entry], frames)
             return
@@ -218,7 +220,7 @@ class Outbox:
         entries.append(entry)
         body += frames
         self.nbytes += size
-        if self.nbytes >= BATCH_BYTES:
+        if self.nbytes >= RESULT_BATCH_BYTES:
             self.flush()
 
     def due(self) -> bool:
