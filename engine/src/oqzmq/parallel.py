@@ -67,7 +67,8 @@ from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
 from oqzmq.memory import MemoryLimits
 from oqzmq.monitor import Monitor, OperationStats, TaskRecord, TaskRetry, peak_memory_mb
 from oqzmq.poolclient import PING_TIMEOUT, PoolHandle, connect_pool, ping_pools
-from oqzmq.worker import Report, execute, stats_from_report, task_name
+from oqzmq.protocol import Cancel, Heartbeat, Lease, Ping, Pong, Report, ResultBatch
+from oqzmq.worker import execute, stats_from_report, task_name
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class LeaseKeeper:
                     sock.setsockopt(zmq.SNDHWM, 16)  # a frozen pool needs only the latest
                     sock.connect(key[0])
                     sockets[key] = (sock, Signer(key[1], f"ctrl:{key[0]}"))
-                protocol.send_nowait(*sockets[key], ("lease", held))
+                protocol.send_nowait(*sockets[key], Lease(held))
 
 
 class Starmap:
@@ -411,18 +412,21 @@ class Starmap:
                 yield from self._handle(message)
 
     def _handle(self, message: protocol.Received) -> Iterator[Any]:
-        """A "batch" of task messages, or a workerpool's "heartbeat" (see oqzmq.worker)."""
-        if message.meta[0] == "heartbeat":
-            self._heard(message.meta[1])
-            if message.meta[2:] and message.meta[2]:
-                self._warn_once(message.meta[1], message.meta[2])
+        """A :class:`~oqzmq.protocol.ResultBatch` of task messages, or a workerpool's
+        :class:`~oqzmq.protocol.Heartbeat`."""
+        if message.kind == Heartbeat.KIND:
+            heartbeat = Heartbeat.from_meta(message.meta)
+            self._heard(heartbeat.pool_id)
+            if heartbeat.memory_warning:
+                self._warn_once(heartbeat.pool_id, heartbeat.memory_warning)
             return
-        _, pool_id, token, host, pid, memory_mb, entries = message.meta
-        self._heard(pool_id)
-        if token != self.token:
+        batch = ResultBatch.from_meta(message.meta)
+        self._heard(batch.pool_id)
+        if batch.token != self.token:
             return
+        host, pid, memory_mb = batch.host, batch.pid, batch.memory_mb
         body, offset = message.body, 0
-        for kind, wire, nframes, report in entries:
+        for kind, wire, nframes, report in batch.entries:
             task_no = wire if not self._current else self._live_task(wire)
             # done: e.g. a result after its task was reported lost; None: a run given up
             if task_no is None or task_no in self._done or (self._skip and self._skipped(
@@ -491,7 +495,7 @@ class Starmap:
         pool.alive, pool.last_ping = False, now
         pool.outbox.clear()
         with contextlib.suppress(zmq.ZMQError):
-            pool.send(("cancel", self.token))  # if it wakes up, it drops them
+            pool.send(Cancel(self.token))  # if it wakes up, it drops them
         if not any(p.alive for p in self._pools):
             raise WorkerLost(f"{reason}: the host or its pool is gone, and no other workerpool "
                              "is left to run them; see `oqz workers status`")
@@ -506,15 +510,16 @@ class Starmap:
         """Ping a dropped pool; when it answers, it rejoins (takes re-runs and new tasks)."""
         while pool.sock.poll(0):
             reply = protocol.recv(pool.sock, pool.verifier)
-            if reply is not None and reply.meta[0] == "pong":
-                pool.alive, pool.size, pool.last_heard = True, int(reply.meta[2]), now
+            if reply is not None and reply.kind == Pong.KIND:
+                pool.heard_pong(Pong.from_meta(reply.meta))
+                pool.alive = True
                 log.warning("workerpool on host %s answers again: it rejoins %s", pool.host,
                             self.name)
                 return
         if now - pool.last_ping >= PROBE_INTERVAL:
             pool.last_ping = now
             with contextlib.suppress(zmq.ZMQError):
-                protocol.send_nowait(pool.sock, pool.signer, ("ping",))
+                protocol.send_nowait(pool.sock, pool.signer, Ping())
 
     def _rerun(self, task_no: int, kind: str, report: Report | None, host: str,
                reason: str = "") -> None:
@@ -573,7 +578,7 @@ class Starmap:
         for pool in self._pools:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):
-                    pool.send(("cancel", self.token))
+                    pool.send(Cancel(self.token))
             pool.sock.close(linger=200)
         if self._receiver is not None:
             self._receiver.close(linger=0)

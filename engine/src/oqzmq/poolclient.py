@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import zmq
 
 from oqzmq import protocol
 from oqzmq.auth import Buffer, Signer, Verifier
+from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
 
 PING_TIMEOUT = 5.0
 # Tasks submitted together travel together: fewer, larger messages for tiny tasks (see
@@ -36,6 +36,7 @@ class PoolHandle:
     signer: Signer
     verifier: Verifier
     size: int = 1
+    pid: int = 0  # of the pool process, once it answered a ping
     outstanding: int = 0
     last_heard: float = 0.0
     outbox: list[tuple[int, list[Buffer]]] = field(default_factory=list)
@@ -62,32 +63,35 @@ class PoolHandle:
             self.flush_tasks()
 
     def flush_tasks(self) -> None:
-        """Send the queued tasks in one message (see :mod:`oqzmq.workerpool`)."""
+        """Send the queued tasks in one :class:`~oqzmq.protocol.Submit` message."""
         if not self.outbox:
             return
         task_nos = [task_no for task_no, _ in self.outbox]
         nframes = [len(frames) for _, frames in self.outbox]
         body = [frame for _, frames in self.outbox for frame in frames]
-        self.send(("submit", self.token, self.reply_endpoint, self.func, task_nos, nframes),
-                  body)
+        self.send(Submit(self.token, self.reply_endpoint, self.func, task_nos, nframes), body)
         self.outbox.clear()
         self.outbox_bytes = 0
         self.last_flush = time.monotonic()
 
-    def send(self, meta: Any, body: list[Buffer] | tuple[()] = ()) -> None:
-        protocol.send(self.sock, self.signer, meta, body)
+    def send(self, message: Message, body: list[Buffer] | tuple[()] = ()) -> None:
+        protocol.send(self.sock, self.signer, message, body)
 
-    def request(self, meta: Any, timeout: float = PING_TIMEOUT) -> Any:
-        """Send a control command and wait for its reply (None on timeout)."""
-        self.send(meta)
+    def request(self, query: Query[ReplyT], timeout: float = PING_TIMEOUT) -> ReplyT | None:
+        """Send ``query`` and wait for its reply (None on timeout)."""
+        self.send(query)
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             if not self.sock.poll(int(left * 1000) + 1):
                 break
             reply = protocol.recv(self.sock, self.verifier)
             if reply is not None:
-                return reply.meta
+                return query.read_reply(reply.meta)
         return None
+
+    def heard_pong(self, pong: Pong) -> None:
+        """The pool answered a ping: it is alive, with this many worker processes."""
+        self.size, self.pid, self.last_heard = pong.size, pong.pid, time.monotonic()
 
 
 def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
@@ -101,9 +105,10 @@ def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
 
 
 def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[PoolHandle]:
-    """Ping all pools at once; set their sizes; return the ones that did not answer."""
+    """Ping all pools at once; note their sizes and pids; return the ones that did not
+    answer."""
     for pool in pools:
-        pool.send(("ping",))
+        pool.send(Ping())
     silent = {pool.endpoint: pool for pool in pools}
     deadline = time.monotonic() + timeout
     poller = zmq.Poller()
@@ -113,8 +118,7 @@ def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[P
         for sock, _ in poller.poll(int(left * 1000) + 1):
             pool = next(p for p in pools if p.sock is sock)
             reply = protocol.recv(sock, pool.verifier)
-            if reply is not None and reply.meta[0] == "pong":
-                pool.size = int(reply.meta[2])
-                pool.last_heard = time.monotonic()
+            if reply is not None and reply.kind == Pong.KIND:
+                pool.heard_pong(Pong.from_meta(reply.meta))
                 silent.pop(pool.endpoint, None)
     return list(silent.values())

@@ -9,6 +9,7 @@ from oqzmq import launcher
 from oqzmq.config import Config, load_config
 from oqzmq.errors import TaskError
 from oqzmq.parallel import Starmap
+from oqzmq.protocol import InspectQuery, Kill, StatusQuery, Stop
 from oqzmq.tasks import hostinfo
 
 ACTIONS = ("start", "stop", "kill", "status", "inspect", "debug")
@@ -38,10 +39,11 @@ def run_workers(args: argparse.Namespace) -> int:
                                        args.ssh_user)
         return _print_reports(reports)
     if args.action in ("stop", "kill"):
-        replies = launcher.query_pools(config, (args.action,), timeout=5.0)
+        query = Stop() if args.action == "stop" else Kill()
+        replies = launcher.query_pools(config, query, timeout=5.0)
         return _print_reports([
             launcher.HostReport(host, reply is not None,
-                                str(reply[0]) if reply else "not running (no answer)")
+                                reply.KIND if reply else "not running (no answer)")
             for host, reply in replies.items()
         ])
     if args.action == "status":
@@ -58,26 +60,26 @@ def _print_reports(reports: list[launcher.HostReport]) -> int:
 
 
 def _status(config: Config) -> int:
-    replies = launcher.query_pools(config, ("status",), timeout=3.0)
+    replies = launcher.query_pools(config, StatusQuery(), timeout=3.0)
     print(f"{'host':<20} {'running':>7} {'total':>5} {'queued':>6}")
     for host, reply in replies.items():
         if reply is None:
             why = launcher.diagnose_port(host, config.ctrl_port)
             print(f"{host:<20} {'-':>7} {'-':>5} {'-':>6}  not running: {why}")
         else:
-            print(f"{host:<20} {reply[2]:>7} {reply[3]:>5} {reply[4]:>6}")
+            print(f"{host:<20} {reply.running:>7} {reply.total:>5} {reply.queued:>6}")
     return 0 if all(replies.values()) else 1
 
 
 def _inspect(config: Config) -> int:
-    replies = launcher.query_pools(config, ("inspect",), timeout=3.0)
+    """Per host: the tasks each worker process holds, and those queued in the pool."""
+    replies = launcher.query_pools(config, InspectQuery(), timeout=3.0)
     for host, reply in replies.items():
         if reply is None:
             print(f"{host}: not running")
             continue
-        _, _, running, queued = reply
-        print(f"{host}: {len(queued)} queued")
-        for pid, tasks in sorted(running.items()):
+        print(f"{host}: {len(reply.queued)} queued")
+        for pid, tasks in sorted(reply.running.items()):
             print(f"  pid {pid}: {' '.join(tasks) or 'idle'}")
     return 0 if all(replies.values()) else 1
 
