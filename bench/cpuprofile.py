@@ -64,12 +64,13 @@ def machine_idle() -> tuple[float, float]:
 def pool_processes(config: Config) -> dict[str, int]:
     """{role: pid} of the workerpool and its worker processes (from `inspect`)."""
     from oqzmq import launcher
+    from oqzmq.protocol import InspectQuery
 
-    reply = launcher.query_pools(config, ("inspect",))
+    reply = launcher.query_pools(config, InspectQuery())
     answer = next(iter(reply.values()))
     if answer is None:
         raise RuntimeError("the workerpool does not answer `inspect`")
-    workers = sorted(answer[2])
+    workers = sorted(answer.running)
     pool_pid = int(Path(f"/proc/{workers[0]}/stat").read_text().rpartition(")")[2].split()[1])
     roles = {"workerpool": pool_pid}
     roles.update({f"worker {n}": pid for n, pid in enumerate(workers, 1)})
@@ -128,6 +129,7 @@ def main() -> int:
         from oqzmq import launcher
         from oqzmq.config import load_config
         from oqzmq.parallel import Starmap
+        from oqzmq.protocol import Stop
 
         config = load_config(config_path)
         if not all(r.ok for r in launcher.start_pools(config, "local", wait=30)):
@@ -151,7 +153,7 @@ def main() -> int:
             report("tiny", measure(tiny, pids), args.tiny_runs * N_TINY, "task", 1e6)
             report("large", measure(large, pids), args.large_runs * N_LARGE, "result", 1e3)
         finally:
-            launcher.query_pools(config, ("stop",), timeout=5)
+            launcher.query_pools(config, Stop(), timeout=5)
     return 0
 
 

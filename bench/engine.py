@@ -290,6 +290,7 @@ def with_pools(config_path: Path, make: Callable[[], tuple[Mapper, Callable[[], 
                ) -> tuple[Mapper, Callable[[], None]]:
     from oqzmq import launcher
     from oqzmq.config import load_config
+    from oqzmq.protocol import Stop
 
     config = load_config(config_path)
     reports = launcher.start_pools(config, "local", wait=30)
@@ -299,7 +300,7 @@ def with_pools(config_path: Path, make: Callable[[], tuple[Mapper, Callable[[], 
 
     def close_all() -> None:
         close()
-        launcher.query_pools(config, ("stop",), timeout=5)
+        launcher.query_pools(config, Stop(), timeout=5)
 
     return mapper, close_all
 

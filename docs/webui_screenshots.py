@@ -22,6 +22,7 @@ from pathlib import Path
 from oqzmq import launcher
 from oqzmq.config import load_config
 from oqzmq.dbserver import DbClient, DbServer
+from oqzmq.protocol import Kill
 
 DOCS = Path(__file__).parent
 OQZ = [sys.executable, "-m", "oqzmq.cli"]
@@ -83,7 +84,7 @@ def record_calculations(env: dict[str, str], config_path: Path) -> tuple[int, in
         if aborted["status"] != "aborted":
             raise SystemExit(f"calculation 3 is {aborted['status']}, not aborted: "
                              f"{client.call('get_traceback', calc_id=3)}")
-        launcher.query_pools(config, ("kill",), timeout=2)
+        launcher.query_pools(config, Kill(), timeout=2)
         oqz(env, "run", "demo", "--size", "tiny")  # fails: no workerpool answers
         launcher.start_pools(config, "local", wait=60)
         calcs = client.call("list_calcs")["calcs"]
@@ -134,7 +135,7 @@ def main() -> int:
             if webui is not None:
                 webui.terminate()
                 webui.wait(20)
-            launcher.query_pools(config, ("kill",), timeout=2)
+            launcher.query_pools(config, Kill(), timeout=2)
             server.stop()
             thread.join(10)
     return 0

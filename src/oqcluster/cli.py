@@ -1,16 +1,21 @@
 """The `oqcluster` command line.
 
-Registration pattern: every subcommand is a module that exposes
+How subcommands are registered (the same way as the engine's `oqz`, see oqzmq.cli):
 
-    def add_parser(subparsers: argparse._SubParsersAction) -> None:
-        parser = subparsers.add_parser("NAME", help="...")
-        ...                                 # its own options
-        parser.set_defaults(func=run)       # run(args: argparse.Namespace) -> int (exit code)
+1. Write a module that defines::
 
-and is listed in SUBCOMMANDS by import path. Modules are imported when the parser is built,
-and must keep heavy imports (ansible, fabric, testinfra) inside their functions so that
-`oqcluster --help` stays fast. A module that does not exist yet (e.g. oqcluster.demo while
-it is being written) is left out of the CLI instead of breaking it.
+       def register(subparsers: argparse._SubParsersAction) -> None:
+           parser = subparsers.add_parser("NAME", help="...")
+           ...                                  # its own options
+           parser.set_defaults(handler=run)
+
+       def run(args: argparse.Namespace) -> int:   # the exit code
+           ...
+
+2. Append the module's dotted name to COMMAND_MODULES below (the order of `oqcluster --help`).
+
+Modules are imported when the parser is built, and must keep heavy imports (ansible, fabric,
+testinfra) inside their functions so that `oqcluster --help` stays fast.
 """
 
 from __future__ import annotations
@@ -19,11 +24,10 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from types import ModuleType
 
 from oqcluster import __version__
 
-SUBCOMMANDS = (
+COMMAND_MODULES: tuple[str, ...] = (
     "oqcluster.commands.check",
     "oqcluster.commands.render",
     "oqcluster.commands.verify",
@@ -52,26 +56,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"oqcluster {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in SUBCOMMANDS:
-        module = _optional_module(module_name)
-        if module is not None:
-            module.add_parser(subparsers)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(subparsers)
     return parser
-
-
-def _optional_module(name: str) -> ModuleType | None:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as error:
-        if error.name == name:
-            return None
-        raise
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args))
+        return int(args.handler(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

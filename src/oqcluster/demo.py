@@ -41,7 +41,7 @@ class DemoError(RuntimeError):
     """A step of the demo failed; the message says what to do."""
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="the local container cluster (docker)")
     actions = parser.add_subparsers(dest="demo_action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="create/start the demo cluster, converge it, run the demo")
@@ -51,7 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     help="engine: oqzmq (bundled, the default) or openquake (the real engine); "
                     "kept for later runs until given again")
     actions.add_parser("down", help="remove the demo cluster (containers, network, volumes)")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,7 +1,8 @@
-"""The `oqcluster` entry point: subcommand registration and the optional demo module."""
+"""The `oqcluster` entry point: subcommand registration, usage and Ansible errors."""
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -22,17 +23,14 @@ def test_console_script_lists_the_subcommands() -> None:
         assert command in run.stdout
 
 
-def test_a_subcommand_module_that_does_not_exist_yet_is_left_out() -> None:
-    assert cli._optional_module("oqcluster.no_such_command") is None
+def test_every_subcommand_is_registered_with_its_handler() -> None:
+    parser = cli.build_parser()
+    [commands] = [action for action in parser._actions
+                  if isinstance(action, argparse._SubParsersAction)]
 
-
-def test_a_broken_subcommand_module_is_not_hidden(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "oqbroken_cmd.py").write_text("import no_such_dependency_xyz\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-
-    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
-        cli._optional_module("oqbroken_cmd")
+    assert set(commands.choices) == {"check", "render", "verify", "demo"}
+    for name, subparser in commands.choices.items():
+        assert callable(subparser.get_default("handler")), name
 
 
 def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

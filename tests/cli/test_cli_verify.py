@@ -24,7 +24,7 @@ from oqcluster.verify import cluster as checks
 from oqcluster.verify import outside, report, smoke_openquake
 from oqcluster.verify.context import Context, build_context
 from oqcluster.verify.results import CheckResult, Status
-from oqcluster.verify.smoke import parse_tasks_per_host
+from oqcluster.verify.smoke import read_demo_outcome
 
 MISSING_USER = "oqverify-nosuchuser"
 
@@ -137,11 +137,15 @@ def test_verify_reports_json_and_junit_and_fails(
     assert (smoke["status"], smoke["security"]) == ("not_checked", False)
 
 
-def test_smoke_output_gives_tasks_per_address() -> None:
-    stdout = "calculation 3 done\ntasks/host: 10.0.0.11: 3, fe80::2: 5, 10.0.0.12: 0\n"
+def test_smoke_reads_tasks_per_address_from_the_json_of_run_demo() -> None:
+    stdout = json.dumps({"calc_id": 3, "status": "complete", "datastore": "/d/calc_3.hdf5",
+                         "tasks_per_host": {"10.0.0.11": 3, "fe80::2": 5}}, indent=2)
 
-    assert parse_tasks_per_host(stdout) == {"10.0.0.11": 3, "fe80::2": 5, "10.0.0.12": 0}
-    assert parse_tasks_per_host("no such line") == {}
+    outcome = read_demo_outcome(stdout)
+
+    assert outcome is not None and outcome["tasks_per_host"] == {"10.0.0.11": 3, "fe80::2": 5}
+    assert read_demo_outcome("calculation 3 done\ntasks/host: 10.0.0.11: 3\n") is None
+    assert read_demo_outcome('{"calc_id": 3}') is None  # not the outcome of a calculation
 
 
 def test_summary_line_says_broken_when_anything_failed() -> None:
@@ -281,17 +285,19 @@ def test_config_agreement_names_the_one_node_that_differs(
     assert "--limit w1" in results["w1"].fix
 
 
-def test_workers_status_lines_become_states_per_address() -> None:
-    stdout = (
-        "host                 running total queued\n"
-        "10.0.0.11                  1     4      0\n"
-        "10.0.0.12                  -     -      -  not running: no answer within 3s\n"
-    )
+def test_workers_status_json_becomes_states_per_address() -> None:
+    stdout = json.dumps({"workerpools": [
+        {"host": "10.0.0.11", "answers": True, "running": 1, "total": 4, "queued": 0,
+         "why": None},
+        {"host": "10.0.0.12", "answers": False, "running": None, "total": None, "queued": None,
+         "why": "port 1909 closed"},
+    ]})
 
-    assert checks.parse_workers_status(stdout) == {
+    assert checks.read_workers_status(stdout) == {
         "10.0.0.11": "1 of 4 processes busy",
-        "10.0.0.12": "not running: no answer within 3s",
+        "10.0.0.12": "not running: port 1909 closed",
     }
+    assert checks.read_workers_status("host running total queued\n") is None
 
 
 def test_outside_check_is_not_checked_from_a_cluster_address(

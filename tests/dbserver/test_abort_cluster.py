@@ -19,6 +19,7 @@ from oqzmq import launcher
 from oqzmq.commands.webui import workers_status_source
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, DbServer
+from oqzmq.protocol import InspectQuery, Kill, StatusQuery
 
 POOL_HOST = "127.0.0.5"  # a loopback address of its own, standing in for a worker host
 OQZ = [sys.executable, "-m", "oqzmq.cli"]
@@ -57,7 +58,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Config, dict[str, str]]]:
         assert all(r.ok for r in reports), reports
         yield config, {**env, "OQ_CONFIG_FILE": str(path)}
     finally:
-        launcher.query_pools(config, ("kill",), timeout=2)
+        launcher.query_pools(config, Kill(), timeout=2)
         server.stop()
         thread.join(10)
 
@@ -66,9 +67,9 @@ def _busy_worker(config: Config) -> int:
     """The pid of the pool's worker process that is running a task."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        reply = launcher.query_pools(config, ("inspect",), timeout=3)[POOL_HOST]
+        reply = launcher.query_pools(config, InspectQuery(), timeout=3)[POOL_HOST]
         assert reply is not None, "the workerpool does not answer"
-        busy = [pid for pid, tasks in reply[2].items() if tasks]
+        busy = [pid for pid, tasks in reply.running.items() if tasks]
         if busy:
             return int(busy[0])
         time.sleep(0.1)
@@ -131,9 +132,9 @@ def test_abort_revokes_one_calculation_and_spares_the_other(cluster) -> None:
                 process.communicate()
     calcs = {c["id"]: c["status"] for c in client.call("list_calcs")["calcs"]}
     assert calcs[first] == "aborted" and set(calcs.values()) == {"aborted", "complete"}
-    status = launcher.query_pools(config, ("status",), timeout=3)[POOL_HOST]
+    status = launcher.query_pools(config, StatusQuery(), timeout=3)[POOL_HOST]
     assert status is not None, "the workerpool did not survive the abort"
-    assert status[4] == 0, "tasks of the aborted calculation are still queued"
+    assert status.queued == 0, "tasks of the aborted calculation are still queued"
     assert workers_status_source(config)() == [(POOL_HOST, 0, 1)]  # what the webui shows
     log = [r["message"] for r in client.call("get_logs", calc_id=first)]
     assert f"calculation {first}: abort requested, stopping its tasks" in log

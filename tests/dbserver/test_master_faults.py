@@ -23,6 +23,7 @@ from freeports import free_port_block
 from oqzmq import launcher
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, DbServerError
+from oqzmq.protocol import Kill, StatusQuery
 
 POOL_HOST = "127.0.0.6"
 ENGINE_TESTS = Path(__file__).parents[1] / "engine"  # enginetasks.py: the tasks
@@ -87,7 +88,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Site]:
         assert all(r.ok for r in reports), reports
         yield running
     finally:
-        launcher.query_pools(config, ("kill",), timeout=2)
+        launcher.query_pools(config, Kill(), timeout=2)
         running.dbserver.terminate()
         running.dbserver.wait(20)
 
@@ -123,10 +124,9 @@ def report(what: str, seconds: float) -> None:
 
 
 def pool_idle(config: Config) -> bool:
-    reply = launcher.query_pools(config, ("status",), timeout=3)[POOL_HOST]
+    reply = launcher.query_pools(config, StatusQuery(), timeout=3)[POOL_HOST]
     assert reply is not None, "the workerpool does not answer"
-    _, _, busy, _, queued = reply
-    return busy == 0 and queued == 0
+    return reply.running == 0 and reply.queued == 0
 
 
 def is_gone(pid: int) -> bool:

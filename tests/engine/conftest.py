@@ -16,6 +16,7 @@ from enginecluster import HOSTS, Cluster, write_config
 from freeports import free_port_block
 from oqzmq import launcher
 from oqzmq.config import Config, load_config
+from oqzmq.protocol import Kill
 
 
 def _refused(host: str, port: int) -> bool:
@@ -39,7 +40,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     reports = launcher.start_pools(config, "local", wait=30)
     assert all(r.ok for r in reports), reports
     yield Cluster(config, path)
-    launcher.query_pools(config, ("kill",), timeout=2)
+    launcher.query_pools(config, Kill(), timeout=2)
     _wait_closed(config)
     for hc in config.host_cores:
         launcher.local_log_path(hc, config).unlink(missing_ok=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 import zmq
 from oqzmq import launcher
 from oqzmq.config import Config, HostCores
-from oqzmq.parallel import connect_pool
+from oqzmq.poolclient import connect_pool
+from oqzmq.protocol import Ping
 
 HERE = Path(__file__).parent
 AUTHKEY = "engine-tests-secret-6Zq1v8Kp3Lr0Xy7Wm2Nb"
@@ -66,12 +67,12 @@ class Cluster:
         handle = connect_pool(context, AUTHKEY, host, f"tcp://{host}:{self.config.ctrl_port}",
                               self.config.max_message_bytes)
         try:
-            reply = handle.request(("ping",))
+            reply = handle.request(Ping())
         finally:
             handle.sock.close(linger=0)
             context.term()
         assert reply is not None, f"pool on {host} does not answer"
-        return int(reply[3])
+        return reply.pid
 
 
 def _hc(config: Config, host: str) -> HostCores:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +31,25 @@ def test_workers_status_inspect_debug(config: Config, capsys: pytest.CaptureFixt
     assert "task 1 -> workerpool 127.0.0.3: ok" in out
 
 
+def test_workers_status_json_says_per_host_what_the_table_says(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["workers", "status", "--json"]) == 0
+    pools = json.loads(capsys.readouterr().out)["workerpools"]
+    assert pools == [
+        {"host": HOSTS[0], "answers": True, "running": 0, "total": 2, "queued": 0, "why": None},
+        {"host": HOSTS[1], "answers": True, "running": 0, "total": 1, "queued": 0, "why": None},
+    ]
+
+
+def test_json_is_refused_where_no_json_is_printed(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["workers", "stop", "--json"]) == 2
+    assert "--json goes with status, not stop" in capsys.readouterr().err
+    assert main(["workers", "status", "--json"]) == 0  # the pools were not stopped
+
+
 def test_workers_start_is_idempotent(config: Config, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["workers", "start"]) == 0
     assert capsys.readouterr().out.count("already running") == 2
@@ -44,6 +64,10 @@ def test_workers_report_hosts_that_are_down(
     assert main(["workers", "status"]) == 1
     out = capsys.readouterr().out
     assert "127.0.0.9" in out and "not running: port 9 closed" in out
+    assert main(["workers", "status", "--json"]) == 1
+    [pool] = json.loads(capsys.readouterr().out)["workerpools"]
+    assert pool["host"] == "127.0.0.9" and pool["answers"] is False
+    assert pool["why"].startswith("port 9 closed") and pool["running"] is None
     monkeypatch.setenv("PATH", str(tmp_path))  # no ssh here: start must say so, not hang
     assert main(["workers", "start", "--launcher", "ssh", "--wait", "1"]) == 1
     assert "ssh is not installed" in capsys.readouterr().out
@@ -78,6 +102,21 @@ def test_run_demo_and_show_performance(
     assert main(["show", "performance", str(calc_id)]) == 0
     out = capsys.readouterr().out
     assert "hazard_task" in out and "tasks per host: 127.0.0." in out
+
+
+def test_run_demo_json_is_the_outcome_of_the_calculation(
+    config: Config, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OQ_DATABASE", "none")
+    reference = run_demo(config, "tiny", seed=42, distribute="no", tasks=3)
+    assert main(["run", "demo", "--size", "tiny", "--tasks", "3", "--json"]) == 0
+    outcome = json.loads(capsys.readouterr().out)
+    assert outcome["status"] == "complete" and outcome["distribute"] == "zmq"
+    assert outcome["checksum"] == reference.checksum  # the same seed (42) in another mode
+    assert outcome["tasks"] == 3 == sum(outcome["tasks_per_host"].values())
+    assert set(outcome["tasks_per_host"]) <= set(HOSTS) and outcome["reruns"] == 0
+    assert Path(outcome["datastore"]).name == f"calc_{outcome['calc_id']}.hdf5"
+    assert Path(outcome["datastore"]).is_file()
 
 
 def test_bad_arguments_are_explained(

@@ -25,6 +25,7 @@ from oqzmq.config import Config
 from oqzmq.errors import WorkerLost
 from oqzmq.monitor import Monitor
 from oqzmq.parallel import Starmap
+from oqzmq.protocol import StatusQuery
 from oqzmq.workerpool import LEASE_TIMEOUT, RESTART_EXIT
 
 
@@ -197,8 +198,8 @@ def test_the_demo_completes_with_the_same_curves_when_a_host_freezes_mid_run(
 
 
 def busy(config: Config, host: str) -> bool:
-    reply = launcher.query_pools(config, ("status",), hosts=[host])[host]
-    return reply is not None and int(reply[2]) > 0
+    reply = launcher.query_pools(config, StatusQuery(), hosts=[host])[host]
+    return reply is not None and reply.running > 0
 
 
 def checksum(output: str) -> str:

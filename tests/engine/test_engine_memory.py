@@ -29,6 +29,7 @@ from oqzmq.errors import WorkerLost
 from oqzmq.memory import memory_cgroup, oom_kills
 from oqzmq.monitor import Monitor
 from oqzmq.parallel import Starmap
+from oqzmq.protocol import Ping
 
 HOST = "127.0.0.4"
 MB = 1 << 20
@@ -73,7 +74,7 @@ def cgroup_pool(tmp_path: Path) -> Iterator[Callable[..., tuple[Config, Path]]]:
             preexec_fn=lambda: procs.write_text(str(os.getpid())),
         )
         started.append((pool, cgroup))
-        assert launcher.query_pools(config, ("ping",), timeout=60)[HOST], "pool did not start"
+        assert launcher.query_pools(config, Ping(), timeout=60)[HOST], "pool did not start"
         return config, cgroup
 
     yield start

@@ -20,6 +20,7 @@ from oqzmq.config import Config
 from oqzmq.errors import PortsExhausted, TaskError, WorkerLost
 from oqzmq.monitor import Monitor
 from oqzmq.parallel import Starmap
+from oqzmq.protocol import InspectQuery
 
 MODES = ("no", "processpool", "zmq")
 
@@ -158,9 +159,9 @@ def test_tasks_sent_to_a_worker_that_dies_run_on_its_replacement(
 
 def held_by(config: Config, host: str, pid: int) -> list[str]:
     """The task keys a worker process holds (running and sent ahead), from `inspect`."""
-    reply = launcher.query_pools(config, ("inspect",), hosts=[host])[host]
+    reply = launcher.query_pools(config, InspectQuery(), hosts=[host])[host]
     assert reply is not None, f"the pool on {host} does not answer"
-    return reply[2].get(pid, [])
+    return reply.running.get(pid, [])
 
 
 def test_silent_pool_ends_the_calculation_without_retries(cluster: Cluster,

@@ -74,8 +74,9 @@ def pair() -> Iterator[tuple[zmq.Socket, zmq.Socket]]:
 def test_a_chunked_result_crosses_a_capped_socket(pair: tuple[zmq.Socket, zmq.Socket]) -> None:
     push, pull = pair
     array = np.arange(100_000, dtype=np.float64)  # 0.8 MB: under the cap
-    protocol.send(push, Signer(AUTHKEY, CHANNEL), ("batch",), protocol.dumps(array),
-                  chunk=65_536)
+    frames = protocol.dumps(array)
+    batch = protocol.ResultBatch("pool", "token", "host", 1, 0.0, [("last", 0, len(frames), None)])
+    protocol.send(push, Signer(AUTHKEY, CHANNEL), batch, frames, chunk=65_536)
     assert pull.poll(5000)
     message = protocol.recv(pull, Verifier(AUTHKEY, CHANNEL), buffers=protocol.ReceiveBuffers())
     assert message is not None and len(message.data) > 10

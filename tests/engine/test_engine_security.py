@@ -19,6 +19,7 @@ from oqzmq import protocol
 from oqzmq.auth import BLAKE2B, HMAC_SHA256, POLY1305, Signer
 from oqzmq.config import Config
 from oqzmq.parallel import Starmap
+from oqzmq.protocol import Heartbeat, ResultBatch, Submit
 
 POOL = "127.0.0.3"
 
@@ -71,7 +72,7 @@ def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_p
             body = [*protocol.dumps((str(marker),))]
             body.append(pickle.dumps(Exploit(tmp_path / f"unpickled-{name}")))
             func = pickle.dumps((touch, "touch"))
-            meta = ("submit", "attack", reply_endpoint, func, [0], [len(body)])
+            meta = Submit("attack", reply_endpoint, func, [0], [len(body)]).to_meta()
             message = attacks(f"ctrl:{endpoint}", meta, body, scheme)
             if name == "replayed":
                 attacker.send_multipart(message["replay-original"])
@@ -111,11 +112,12 @@ def test_receiver_rejects_bad_messages(
     report = (0.0, 0, 1, None, None)
     try:
         for name in ("unsigned", "wrong key", "truncated", "replayed"):
-            meta = ("batch", "evil", smap.token, "evil", 1, 0.0, [("last", 0, 1, report)])
+            evil = ResultBatch("evil", smap.token, "evil", 1, 0.0, [("last", 0, 1, report)])
+            meta = evil.to_meta()
             body = [pickle.dumps(Exploit(tmp_path / f"unpickled-{name}"))]
             message = attacks(channel, meta, body, scheme)
             if name == "replayed":  # a genuine (keyed) heartbeat, then the same bytes again
-                message = attacks(channel, ("heartbeat", "x"), [], scheme)
+                message = attacks(channel, Heartbeat("x").to_meta(), [], scheme)
                 attacker.send_multipart(message["replay-original"])
             attacker.send_multipart(message[name])
         with caplog.at_level(logging.WARNING, logger="oqzmq.protocol"):
@@ -139,7 +141,8 @@ def test_an_authentic_message_of_another_release_is_logged_and_survived(
     sender.connect(endpoint)
     old_submit = ("submit", "old-release", "tcp://127.0.0.1:9", [(0, 1)])  # before 2026-12-02
     try:
-        protocol.send(sender, Signer(AUTHKEY, f"ctrl:{endpoint}"), old_submit, [b"x"])
+        signer = Signer(AUTHKEY, f"ctrl:{endpoint}")
+        sender.send_multipart(signer.sign(protocol.encode(old_submit, [b"x"])))
         deadline = time.monotonic() + 10
         while "run the same release" not in cluster.log(POOL) and time.monotonic() < deadline:
             time.sleep(0.05)

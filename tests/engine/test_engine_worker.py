@@ -68,10 +68,10 @@ def test_messages_reach_the_next_receiver_bound_on_the_same_port(context: zmq.Co
         pull = context.socket(zmq.PULL)
         bind_when_free(pull, endpoint)
         sock, signer = receivers.get(endpoint, token)
-        protocol.send(sock, signer, ("result", token), [b"payload"])
+        protocol.send(sock, signer, protocol.Heartbeat(token), [b"payload"])
         assert pull.poll(10_000), f"nothing arrived for {token}"
         message = protocol.recv(pull, Verifier(AUTHKEY, f"recv:{endpoint}"))
         assert message is not None
-        assert message.meta == ("result", token)
+        assert protocol.Heartbeat.from_meta(message.meta).pool_id == token
         pull.close(linger=0)
     receivers.close()

@@ -1,6 +1,7 @@
 """The ``oqz`` command line.
 
-How subcommands are registered (other engineers add theirs the same way):
+How subcommands are registered (other engineers add theirs the same way; `oqcluster` registers
+its subcommands the same way, see oqcluster.cli):
 
 1. Write a module under ``oqzmq/commands/`` that defines::
 

@@ -21,3 +21,8 @@ class ResultTooLarge(Exception):
 
 class PortsExhausted(UserError):
     """Every receiver port of ``[dbserver] receiver_ports`` is taken by a live calculation."""
+
+
+class MessageError(UserError):
+    """An authentic message that is not what its receiver expects: another release of the
+    engine on the other end (see :mod:`oqzmq.protocol`)."""

@@ -26,11 +26,13 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import zmq
 
 from oqzmq.config import Config, HostCores, is_local_host
-from oqzmq.parallel import PoolHandle, connect_pool, ping_pools
+from oqzmq.poolclient import PoolHandle, connect_pool, ping_pools
+from oqzmq.protocol import Ping, Pong, Query, ReplyT
 
 REMOTE_PYTHON = "/opt/openquake/venv/bin/python"
 SSH_USER = "openquake"
@@ -89,7 +91,7 @@ def start_pools(
 ) -> list[HostReport]:
     """Start the pools that are not already answering; report every host."""
     reports: dict[str, HostReport] = {}
-    already = query_pools(config, ("ping",), timeout=1.0)
+    already = query_pools(config, Ping(), timeout=1.0)
     for hc in config.require_workers():
         if already[hc.host] is not None:
             reports[hc.host] = HostReport(hc.host, True, "already running")
@@ -97,11 +99,11 @@ def start_pools(
         how, argv = launch_command(config, hc, launcher, python, ssh_user)
         reports[hc.host] = _launch(how, argv, hc, config)
     pending = [h for h, r in reports.items() if r.ok and r.detail != "already running"]
-    answers = query_pools(config, ("ping",), timeout=wait, hosts=pending) if pending else {}
+    answers = query_pools(config, Ping(), timeout=wait, hosts=pending) if pending else {}
     for host in pending:
         answer = answers.get(host)
         if answer is not None:
-            reports[host].detail = f"started ({answer[2]} worker processes)"
+            reports[host].detail = f"started ({answer.size} worker processes)"
         else:
             reports[host].ok = False
             reports[host].detail = f"launched but not answering after {wait:.0f}s: " + \
@@ -148,9 +150,9 @@ def diagnose_port(host: str, port: int, timeout: float = 2.0) -> str:
 
 
 def query_pools(
-    config: Config, command: tuple[str, ...], timeout: float = 5.0, hosts: list[str] | None = None
-) -> dict[str, tuple[object, ...] | None]:
-    """Send ``command`` to every pool (or ``hosts``); its reply per host (None: no answer)."""
+    config: Config, query: Query[ReplyT], timeout: float = 5.0, hosts: list[str] | None = None
+) -> dict[str, ReplyT | None]:
+    """Send ``query`` to every pool (or ``hosts``); its reply per host (None: no answer)."""
     authkey = config.require_authkey()
     selected = [hc for hc in config.require_workers() if hosts is None or hc.host in hosts]
     context = zmq.Context()
@@ -158,22 +160,20 @@ def query_pools(
                             config.max_message_bytes)
                for hc in selected]
     try:
-        if command == ("ping",):
-            return _ping_replies(handles, timeout)
-        return {h.host: h.request(command, timeout) for h in handles}
+        if isinstance(query, Ping):  # pools still starting are asked again
+            return cast(dict[str, ReplyT | None], _ping_replies(handles, timeout))
+        return {h.host: h.request(query, timeout) for h in handles}
     finally:
         for handle in handles:
             handle.sock.close(linger=0)
         context.term()
 
 
-def _ping_replies(
-    handles: list[PoolHandle], timeout: float
-) -> dict[str, tuple[object, ...] | None]:
+def _ping_replies(handles: list[PoolHandle], timeout: float) -> dict[str, Pong | None]:
     deadline = time.monotonic() + timeout
     silent = ping_pools(handles, timeout)
     while silent and time.monotonic() < deadline:  # pools still starting: ask again
         time.sleep(0.2)
         silent = ping_pools(silent, min(1.0, max(0.05, deadline - time.monotonic())))
     quiet = {h.host for h in silent}
-    return {h.host: None if h.host in quiet else ("pong", h.host, h.size) for h in handles}
+    return {h.host: None if h.host in quiet else Pong(h.host, h.size, h.pid) for h in handles}

@@ -23,6 +23,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import traceback
@@ -81,7 +82,7 @@ class Calculation:
                     raise
                 if not warned:
                     print(f"oqz: warning: {exc}; retrying for up to "
-                          f"{CLOSE_RETRY_SECONDS:.0f} s", flush=True)
+                          f"{CLOSE_RETRY_SECONDS:.0f} s", file=sys.stderr, flush=True)
                     warned = True
                 time.sleep(1.0)
 
@@ -188,7 +189,7 @@ class DbLogHandler(logging.Handler):
                 self._buffer[:0] = keep
             if not self._warned:
                 self._warned = True
-                print(f"oqz: warning: cannot ship logs: {exc}", flush=True)
+                print(f"oqz: warning: cannot ship logs: {exc}", file=sys.stderr, flush=True)
             return False
         self._warned = False
         if reply["abort_requested"]:
@@ -274,7 +275,8 @@ def _close_failed(calc: Calculation, exc: BaseException) -> None:
     try:
         calc.call_patiently("set_traceback", calc_id=calc.id, traceback=text)
     except DbServerError as db_exc:
-        print(f"oqz: warning: cannot store the traceback: {db_exc}", flush=True)
+        print(f"oqz: warning: cannot store the traceback: {db_exc}", file=sys.stderr,
+              flush=True)
     _close_quietly(calc, "failed")
 
 
@@ -283,7 +285,8 @@ def _close_quietly(calc: Calculation, status: str) -> None:
     try:
         _close(calc, status)
     except DbServerError as exc:
-        print(f"oqz: warning: calculation {calc.id} not marked {status}: {exc}", flush=True)
+        print(f"oqz: warning: calculation {calc.id} not marked {status}: {exc}",
+              file=sys.stderr, flush=True)
 
 
 def _store_task_timings(calc: Calculation) -> None:

@@ -56,7 +56,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -67,113 +66,16 @@ from oqzmq.config import Config, load_config
 from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
 from oqzmq.memory import MemoryLimits
 from oqzmq.monitor import Monitor, OperationStats, TaskRecord, TaskRetry, peak_memory_mb
-from oqzmq.worker import Report, execute, stats_from_report, task_name
+from oqzmq.poolclient import PING_TIMEOUT, PoolHandle, connect_pool, ping_pools
+from oqzmq.protocol import Cancel, Heartbeat, Lease, Ping, Pong, Report, ResultBatch
+from oqzmq.worker import execute, stats_from_report, task_name
 
 log = logging.getLogger(__name__)
 
 POOL_TIMEOUT = float(os.environ.get("OQ_POOL_TIMEOUT", "10"))
-PING_TIMEOUT = 5.0
 PROBE_INTERVAL = 2.0  # a dropped pool is pinged this often, to rejoin when it answers
 LEASE_INTERVAL = 2.0  # see oqzmq.workerpool LEASE_TIMEOUT
 MEMORY_CHECK = 1.0
-# Tasks submitted together travel together (fewer, larger messages for tiny tasks; see
-# oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than).
-BATCH_TASKS = 256
-BATCH_BYTES = 1 << 20
-BURST_GAP = 0.002
-
-
-@dataclass
-class PoolHandle:
-    """A master's connection to one workerpool."""
-
-    host: str
-    endpoint: str
-    sock: zmq.Socket
-    signer: Signer
-    verifier: Verifier
-    size: int = 1
-    outstanding: int = 0
-    last_heard: float = 0.0
-    outbox: list[tuple[int, list[Buffer]]] = field(default_factory=list)
-    outbox_bytes: int = 0
-    token: str = ""  # the Starmap whose tasks go through this handle
-    reply_endpoint: str = ""
-    func: bytes = b""  # its pickled task function and monitor name
-    last_flush: float = 0.0
-    alive: bool = True  # False once dropped (silent); True again when it answers a ping
-    last_ping: float = 0.0
-
-    @property
-    def pool_id(self) -> str:
-        return self.endpoint
-
-    def queue_task(self, task_no: int, frames: list[Buffer], size: int) -> None:
-        """Send now if this is the first task of a burst, else batch it (sent when the batch
-        fills up, and at the latest when the Starmap is iterated). ``size``: its bytes."""
-        quiet = not self.outbox and time.monotonic() - self.last_flush > BURST_GAP
-        self.outbox.append((task_no, frames))
-        self.outbox_bytes += size
-        if quiet or len(self.outbox) >= BATCH_TASKS or self.outbox_bytes >= BATCH_BYTES:
-            self.flush_tasks()
-
-    def flush_tasks(self) -> None:
-        """Send the queued tasks in one message (see :mod:`oqzmq.workerpool`)."""
-        if not self.outbox:
-            return
-        task_nos = [task_no for task_no, _ in self.outbox]
-        nframes = [len(frames) for _, frames in self.outbox]
-        body = [frame for _, frames in self.outbox for frame in frames]
-        self.send(("submit", self.token, self.reply_endpoint, self.func, task_nos, nframes),
-                  body)
-        self.outbox.clear()
-        self.outbox_bytes = 0
-        self.last_flush = time.monotonic()
-
-    def send(self, meta: Any, body: list[Buffer] | tuple[()] = ()) -> None:
-        protocol.send(self.sock, self.signer, meta, body)
-
-    def request(self, meta: Any, timeout: float = PING_TIMEOUT) -> Any:
-        """Send a control command and wait for its reply (None on timeout)."""
-        self.send(meta)
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            if not self.sock.poll(int(left * 1000) + 1):
-                break
-            reply = protocol.recv(self.sock, self.verifier)
-            if reply is not None:
-                return reply.meta
-        return None
-
-
-def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
-                 max_bytes: int) -> PoolHandle:
-    """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
-    sock = protocol.limit(context.socket(zmq.DEALER), max_bytes)
-    sock.setsockopt(zmq.LINGER, 1000)
-    sock.connect(endpoint)
-    return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
-                      Verifier(authkey, f"ctrl-reply:{endpoint}"))
-
-
-def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[PoolHandle]:
-    """Ping all pools at once; set their sizes; return the ones that did not answer."""
-    for pool in pools:
-        pool.send(("ping",))
-    silent = {pool.endpoint: pool for pool in pools}
-    deadline = time.monotonic() + timeout
-    poller = zmq.Poller()
-    for pool in pools:
-        poller.register(pool.sock, zmq.POLLIN)
-    while silent and (left := deadline - time.monotonic()) > 0:
-        for sock, _ in poller.poll(int(left * 1000) + 1):
-            pool = next(p for p in pools if p.sock is sock)
-            reply = protocol.recv(sock, pool.verifier)
-            if reply is not None and reply.meta[0] == "pong":
-                pool.size = int(reply.meta[2])
-                pool.last_heard = time.monotonic()
-                silent.pop(pool.endpoint, None)
-    return list(silent.values())
 
 
 class LocalPool:
@@ -265,7 +167,7 @@ class LeaseKeeper:
                     sock.setsockopt(zmq.SNDHWM, 16)  # a frozen pool needs only the latest
                     sock.connect(key[0])
                     sockets[key] = (sock, Signer(key[1], f"ctrl:{key[0]}"))
-                protocol.send_nowait(*sockets[key], ("lease", held))
+                protocol.send_nowait(*sockets[key], Lease(held))
 
 
 class Starmap:
@@ -510,18 +412,21 @@ class Starmap:
                 yield from self._handle(message)
 
     def _handle(self, message: protocol.Received) -> Iterator[Any]:
-        """A "batch" of task messages, or a workerpool's "heartbeat" (see oqzmq.worker)."""
-        if message.meta[0] == "heartbeat":
-            self._heard(message.meta[1])
-            if message.meta[2:] and message.meta[2]:
-                self._warn_once(message.meta[1], message.meta[2])
+        """A :class:`~oqzmq.protocol.ResultBatch` of task messages, or a workerpool's
+        :class:`~oqzmq.protocol.Heartbeat`."""
+        if message.kind == Heartbeat.KIND:
+            heartbeat = Heartbeat.from_meta(message.meta)
+            self._heard(heartbeat.pool_id)
+            if heartbeat.memory_warning:
+                self._warn_once(heartbeat.pool_id, heartbeat.memory_warning)
             return
-        _, pool_id, token, host, pid, memory_mb, entries = message.meta
-        self._heard(pool_id)
-        if token != self.token:
+        batch = ResultBatch.from_meta(message.meta)
+        self._heard(batch.pool_id)
+        if batch.token != self.token:
             return
+        host, pid, memory_mb = batch.host, batch.pid, batch.memory_mb
         body, offset = message.body, 0
-        for kind, wire, nframes, report in entries:
+        for kind, wire, nframes, report in batch.entries:
             task_no = wire if not self._current else self._live_task(wire)
             # done: e.g. a result after its task was reported lost; None: a run given up
             if task_no is None or task_no in self._done or (self._skip and self._skipped(
@@ -590,7 +495,7 @@ class Starmap:
         pool.alive, pool.last_ping = False, now
         pool.outbox.clear()
         with contextlib.suppress(zmq.ZMQError):
-            pool.send(("cancel", self.token))  # if it wakes up, it drops them
+            pool.send(Cancel(self.token))  # if it wakes up, it drops them
         if not any(p.alive for p in self._pools):
             raise WorkerLost(f"{reason}: the host or its pool is gone, and no other workerpool "
                              "is left to run them; see `oqz workers status`")
@@ -605,15 +510,16 @@ class Starmap:
         """Ping a dropped pool; when it answers, it rejoins (takes re-runs and new tasks)."""
         while pool.sock.poll(0):
             reply = protocol.recv(pool.sock, pool.verifier)
-            if reply is not None and reply.meta[0] == "pong":
-                pool.alive, pool.size, pool.last_heard = True, int(reply.meta[2]), now
+            if reply is not None and reply.kind == Pong.KIND:
+                pool.heard_pong(Pong.from_meta(reply.meta))
+                pool.alive = True
                 log.warning("workerpool on host %s answers again: it rejoins %s", pool.host,
                             self.name)
                 return
         if now - pool.last_ping >= PROBE_INTERVAL:
             pool.last_ping = now
             with contextlib.suppress(zmq.ZMQError):
-                protocol.send_nowait(pool.sock, pool.signer, ("ping",))
+                protocol.send_nowait(pool.sock, pool.signer, Ping())
 
     def _rerun(self, task_no: int, kind: str, report: Report | None, host: str,
                reason: str = "") -> None:
@@ -672,7 +578,7 @@ class Starmap:
         for pool in self._pools:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):
-                    pool.send(("cancel", self.token))
+                    pool.send(Cancel(self.token))
             pool.sock.close(linger=200)
         if self._receiver is not None:
             self._receiver.close(linger=0)

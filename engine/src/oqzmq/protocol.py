@@ -27,6 +27,11 @@ Channels (what the MAC binds a message to, see :mod:`oqzmq.auth`):
 * ``pool:<endpoint>``        worker process -> its workerpool
 * ``worker:<endpoint>``      workerpool -> its worker processes
 * ``recv:<endpoint>``        worker processes and workerpools -> a calculation's receiver
+
+What ``meta`` holds is one of the messages named at the end of this module (:class:`Submit`,
+:class:`ResultBatch`, :class:`Pong`...): each side builds and reads it by those names, and it
+travels as the plain tuple ``(KIND, *fields)`` (:meth:`Message.to_meta`): the cheapest to
+pickle (tiny tasks pay for every byte), and the same bytes on the wire as before it had a name.
 """
 
 from __future__ import annotations
@@ -36,12 +41,14 @@ import pickle
 import sys
 from array import array
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generic, Self, TypeVar, cast
 
 import numpy as np
 import zmq
 
 from oqzmq.auth import AuthError, Buffer, Signer, Verifier, as_view
+from oqzmq.errors import MessageError
 
 log = logging.getLogger(__name__)
 
@@ -188,35 +195,37 @@ class ReceiveBuffers:
 def send(
     sock: zmq.Socket,
     signer: Signer,
-    meta: Any,
+    message: Message,
     body: Sequence[Buffer] = (),
     envelope: Sequence[bytes] = (),
     chunk: int = 0,
 ) -> None:
-    """Sign and send ``meta`` (pickled here) followed by the already-pickled ``body`` frames
-    (``chunk``: see :func:`encode`)."""
-    sock.send_multipart([*envelope, *signer.sign(encode(meta, body, chunk))], copy=False)
+    """Sign and send ``message`` (its meta pickled here) followed by the already-pickled
+    ``body`` frames (``chunk``: see :func:`encode`)."""
+    frames = signer.sign(encode(message.to_meta(), body, chunk))
+    sock.send_multipart([*envelope, *frames], copy=False)
 
 
 def send_encoded(
     sock: zmq.Socket,
     signer: Signer,
-    meta: Any,
+    message: Message,
     layout: Buffer,
     data: Sequence[Buffer],
     envelope: Sequence[bytes] = (),
 ) -> None:
     """Like :func:`send` for a body already encoded as ``layout`` and ``data`` (forwarding)."""
-    frames = [pickle.dumps(meta, protocol=5), layout, *data]
+    frames = [pickle.dumps(message.to_meta(), protocol=5), layout, *data]
     sock.send_multipart([*envelope, *signer.sign(frames)], copy=False)
 
 
 def send_nowait(
-    sock: zmq.Socket, signer: Signer, meta: Any, body: Sequence[Buffer] = ()
+    sock: zmq.Socket, signer: Signer, message: Message, body: Sequence[Buffer] = ()
 ) -> bool:
     """Like :func:`send` but give up (False) instead of blocking when the peer is not there."""
     try:
-        sock.send_multipart(signer.sign(encode(meta, body)), flags=zmq.NOBLOCK, copy=False)
+        frames = signer.sign(encode(message.to_meta(), body))
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
     except zmq.Again:
         return False
     return True
@@ -239,6 +248,14 @@ class Received:
         self.data = data
         self.buffers = buffers
         self._body: list[memoryview] | None = None
+
+    @property
+    def kind(self) -> str:
+        """Which message this is (its ``KIND``), "" when meta is no message at all."""
+        meta = self.meta
+        if type(meta) is tuple and meta and type(meta[0]) is str:
+            return meta[0]
+        return ""
 
     @property
     def body(self) -> list[memoryview]:
@@ -286,3 +303,248 @@ def peer(frames: Sequence[zmq.Frame]) -> str:
         except (zmq.ZMQError, AttributeError):
             break
     return "unknown peer"
+
+
+# --- The messages: what ``meta`` holds, by name.
+
+ReplyT = TypeVar("ReplyT", bound="Message")
+
+# What a worker reports about one task: (time_sec, bytes, nresults, stats, traceback);
+# stats: {block: (time_sec, memory_mb, counts)} of the task's named blocks, or None.
+Report = tuple[float, int, int, dict[str, tuple[float, float, int]] | None, str | None]
+# One task message in a ResultBatch: (kind, task_no, nframes, report); see ResultBatch.
+Entry = tuple[str, int, int, Report | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """The meta of a message: sent as ``(KIND, *fields)`` (see the module doc)."""
+
+    KIND: ClassVar[str] = ""
+
+    def to_meta(self) -> tuple[Any, ...]:
+        """The tuple that goes over the wire."""
+        return (self.KIND, *[getattr(self, name) for name in self.__match_args__])
+
+    @classmethod
+    def from_meta(cls, meta: Any) -> Self:
+        """The message whose wire tuple is ``meta``; MessageError if ``meta`` is not one."""
+        if type(meta) is not tuple or not meta or meta[0] != cls.KIND:
+            raise MessageError(f"expected a {cls.KIND!r} message, got {_clip(meta)}: "
+                               "run the same release of oq-zmq-engine on every node")
+        try:
+            return cls(*meta[1:])
+        except TypeError as exc:
+            raise MessageError(f"a {cls.KIND!r} message of another release of oq-zmq-engine "
+                               f"({_clip(meta)}: {exc}): run the same release on every "
+                               "node") from exc
+
+
+def _clip(meta: Any) -> str:
+    text = repr(meta)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+# master -> workerpool (channel ctrl:), and workerpool -> worker process (worker:)
+
+@dataclass(frozen=True, slots=True)
+class TaskBatch(Message):
+    """Tasks of one calculation; the body: each task's pickled arguments, ``nframes`` frames
+    each. ``func``: the pickled (task function, monitor name), the same for every task of a
+    calculation; ``reply_endpoint``: where the results go (the calculation's receiver)."""
+
+    token: str
+    reply_endpoint: str
+    func: bytes
+    task_nos: list[int]
+    nframes: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Submit(TaskBatch):
+    """Master -> workerpool: queue these tasks (no reply)."""
+
+    KIND: ClassVar[str] = "submit"
+
+
+@dataclass(frozen=True, slots=True)
+class Tasks(TaskBatch):
+    """Workerpool -> worker process: run these tasks, forwarded as the master encoded them."""
+
+    KIND: ClassVar[str] = "tasks"
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel(Message):
+    """Master -> workerpool: drop the queued tasks of a calculation, revoke its running ones."""
+
+    KIND: ClassVar[str] = "cancel"
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class Lease(Message):
+    """Master -> workerpool: the master of these calculations is alive (no reply)."""
+
+    KIND: ClassVar[str] = "lease"
+    tokens: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Query(Message, Generic[ReplyT]):
+    """Master -> workerpool: a request the pool answers with one ``REPLY`` message."""
+
+    REPLY: ClassVar[type[Message]]
+
+    def read_reply(self, meta: Any) -> ReplyT:
+        """The reply whose wire tuple is ``meta``; MessageError if it is not one."""
+        return cast(ReplyT, self.REPLY.from_meta(meta))
+
+
+# workerpool -> master (channel ctrl-reply:)
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    """The answer to :class:`Ping`: the pool's host, its worker processes, its pid."""
+
+    KIND: ClassVar[str] = "pong"
+    host: str
+    size: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatus(Message):
+    """The answer to :class:`StatusQuery`: worker processes busy (``running``) and in all
+    (``total``), tasks queued in the pool."""
+
+    KIND: ClassVar[str] = "status"
+    host: str
+    running: int
+    total: int
+    queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInspection(Message):
+    """The answer to :class:`InspectQuery`: the task keys (``token8#task_no``) each worker
+    process holds (running and sent ahead), by pid, and those queued in the pool."""
+
+    KIND: ClassVar[str] = "inspect"
+    host: str
+    running: dict[int, list[str]]
+    queued: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Stopping(Message):
+    """The answer to :class:`Stop`."""
+
+    KIND: ClassVar[str] = "stopping"
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Killed(Message):
+    """The answer to :class:`Kill`."""
+
+    KIND: ClassVar[str] = "killed"
+    host: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused(Message):
+    """The answer to a request the pool does not know (another release on the master)."""
+
+    KIND: ClassVar[str] = "error"
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Query[Pong]):
+    KIND: ClassVar[str] = "ping"
+    REPLY: ClassVar[type[Message]] = Pong
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery(Query[PoolStatus]):
+    KIND: ClassVar[str] = "status"
+    REPLY: ClassVar[type[Message]] = PoolStatus
+
+
+@dataclass(frozen=True, slots=True)
+class InspectQuery(Query[PoolInspection]):
+    KIND: ClassVar[str] = "inspect"
+    REPLY: ClassVar[type[Message]] = PoolInspection
+
+
+@dataclass(frozen=True, slots=True)
+class Stop(Query[Stopping]):
+    """Finish the running tasks, then exit (to a worker process: exit now; no reply)."""
+
+    KIND: ClassVar[str] = "stop"
+    REPLY: ClassVar[type[Message]] = Stopping
+
+
+@dataclass(frozen=True, slots=True)
+class Kill(Query[Killed]):
+    """Kill the worker processes now (their tasks are reported lost), then exit."""
+
+    KIND: ClassVar[str] = "kill"
+    REPLY: ClassVar[type[Message]] = Killed
+
+
+# worker process -> its workerpool (channel pool:)
+
+@dataclass(frozen=True, slots=True)
+class Ready(Message):
+    """A worker process started and takes tasks."""
+
+    KIND: ClassVar[str] = "ready"
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Done(Message):
+    """A worker process finished ``count`` more of its tasks, in ``seconds``."""
+
+    KIND: ClassVar[str] = "done"
+    count: int
+    seconds: float
+
+
+# worker processes and workerpools -> a calculation's receiver (channel recv:)
+
+@dataclass(frozen=True, slots=True)
+class ResultBatch(Message):
+    """Task messages for one calculation, one :data:`Entry` each, their body frames one after
+    the other (``nframes`` each)::
+
+        kind "result"  body: one partial result of a generator task (report None)
+             "last"    body: the return value of a plain task
+             "end"     a generator task finished
+             "error"   the task raised: the report's traceback says what and where
+             "lost"    (sent by a workerpool) the task will not run: the traceback says why
+             "oom"     (sent by a workerpool) as "lost", because memory ran out
+
+    ``memory_mb``: the peak resident memory of the process that ran the tasks when the
+    message left. Entries and reports are plain tuples: one per task, the cheapest to pickle.
+    """
+
+    KIND: ClassVar[str] = "batch"
+    pool_id: str
+    token: str
+    host: str
+    pid: int
+    memory_mb: float
+    entries: list[Entry]
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat(Message):
+    """A workerpool holds tasks for this receiver and is alive; ``memory_warning``: its
+    host's memory is above ``[memory] soft_mem_limit`` ("" when not)."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    pool_id: str
+    memory_warning: str = ""

@@ -6,25 +6,10 @@ turning an exception into an error report that names the task and the host. The 
 :class:`oqzmq.parallel.Starmap` calls it in-process; worker processes call it for tasks
 received from their workerpool and send what it emits straight to the calculation's receiver.
 
-What a worker sends to a receiver (``meta`` of a :mod:`oqzmq.protocol` message)::
-
-    ("batch", pool_id, token, host, pid, memory_mb, [(kind, task_no, nframes, report), ...])
-
-one entry per task message, their body frames one after the other (``nframes`` each)::
-
-    kind "result"  body: one partial result of a generator task (report None)
-         "last"    body: the return value of a plain task
-         "end"     a generator task finished
-         "error"   the task raised: the report's traceback says what and where
-         "lost"    (sent by a workerpool) the task will not run: the traceback says why
-    report = (time_sec, bytes, nresults, stats, traceback)
-             stats: {block: (time_sec, memory_mb, counts)} of the task's named blocks, or None
-
-``memory_mb`` is the peak resident memory of the process that ran the tasks, when the message
-left. Small messages wait to leave together (see :class:`Outbox`); a big partial result
-leaves at once, alone. Plain tuples, not dicts or named tuples: they are the cheapest to
-pickle, and tiny tasks pay for every byte of them. A workerpool also sends
-``("heartbeat", pool_id)`` while it holds tasks for a receiver.
+What a worker sends to a receiver is a :class:`oqzmq.protocol.ResultBatch`: one entry per
+task message (a partial result, a return value, the end of a generator task, an error), with
+the report of each finished task. Small messages wait to leave together (see
+:class:`Outbox`); a big partial result leaves at once, alone.
 """
 
 from __future__ import annotations
@@ -45,19 +30,19 @@ from oqzmq import protocol
 from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.errors import ResultTooLarge
 from oqzmq.monitor import Monitor, OperationStats, peak_memory_mb
+from oqzmq.protocol import Done, Entry, Ready, Report, ResultBatch, Stop, Tasks
 
 log = logging.getLogger(__name__)
 
-# (time_sec, bytes, nresults, stats, traceback): see the module doc
-Report = tuple[float, int, int, dict[str, tuple[float, float, int]] | None, str | None]
-Entry = tuple[str, int, int, Report | None]  # kind, task_no, nframes, report
 # emit(kind, report, frames, their size in bytes)
 Emit = Callable[[str, Report | None, Sequence[Buffer], int], None]
 # Sending to a receiver blocks at most this long when it stops reading (calculation gone).
 SEND_TIMEOUT_MS = 120_000
 RECEIVER_HWM = 64
 MAX_RECEIVER_SOCKETS = 16
-BATCH_BYTES = 256 * 1024  # results smaller than this wait (at most FLUSH_SECONDS) for company
+# Results smaller than this wait (at most FLUSH_SECONDS) for company; a batch of them
+# leaves once it holds this many bytes.
+RESULT_BATCH_BYTES = 256 * 1024
 FLUSH_SECONDS = 0.01
 
 
@@ -112,12 +97,6 @@ def _report(monitor: Monitor, start: float, nbytes: int, nresults: int,
 def failure_report(reason: str) -> Report:
     """The report of a task that could not run (``reason`` in place of a traceback)."""
     return (0.0, 0, 0, None, reason)
-
-
-def batch_meta(pool_id: str, token: str, host: str, pid: int, memory_mb: float,
-               entries: list[Entry]) -> tuple[Any, ...]:
-    """The meta of a message to a receiver (see the module doc)."""
-    return ("batch", pool_id, token, host, pid, memory_mb, entries)
 
 
 def stats_from_report(stats: dict[str, tuple[float, float, int]]) -> dict[str, OperationStats]:
@@ -208,7 +187,7 @@ class Outbox:
     def add(self, endpoint: str, token: str, entry: Entry, frames: Sequence[Buffer],
             size: int) -> None:
         """Queue (or send) one task message; ``size``: its frames' bytes."""
-        if size >= BATCH_BYTES:
+        if size >= RESULT_BATCH_BYTES:
             self.flush()  # keep the order of this task's messages
             self._send(endpoint, token, [entry], frames)
             return
@@ -218,7 +197,7 @@ class Outbox:
         entries.append(entry)
         body += frames
         self.nbytes += size
-        if self.nbytes >= BATCH_BYTES:
+        if self.nbytes >= RESULT_BATCH_BYTES:
             self.flush()
 
     def due(self) -> bool:
@@ -233,8 +212,8 @@ class Outbox:
     def _send(self, endpoint: str, token: str, entries: list[Entry],
               body: Sequence[Buffer]) -> None:
         sock, signer = self.receivers.get(endpoint, token)
-        meta = batch_meta(self.pool_id, token, self.host, self.pid, peak_memory_mb(), entries)
-        protocol.send(sock, signer, meta, body, chunk=protocol.CHUNK_BYTES)
+        batch = ResultBatch(self.pool_id, token, self.host, self.pid, peak_memory_mb(), entries)
+        protocol.send(sock, signer, batch, body, chunk=protocol.CHUNK_BYTES)
 
 
 def worker_main(
@@ -262,7 +241,7 @@ def worker_main(
     receivers = ReceiverSockets(context, authkey)
     outbox = Outbox(receivers, pool_id, host, max_bytes)
     parent = os.getppid()
-    protocol.send(dealer, to_pool, ("ready", os.getpid()))
+    protocol.send(dealer, to_pool, Ready(os.getpid()))
     try:
         while os.getppid() == parent:  # a worker whose pool died exits instead of lingering
             if not dealer.poll(1000):
@@ -270,7 +249,7 @@ def worker_main(
             message = protocol.recv(dealer, from_pool)
             if message is None:
                 continue
-            if message.meta[0] == "stop":
+            if message.kind == Stop.KIND:
                 break
             _run_batch(message, host, outbox, dealer, to_pool)
     finally:
@@ -282,20 +261,22 @@ def worker_main(
 def _run_batch(
     message: protocol.Received, host: str, outbox: Outbox, dealer: zmq.Socket, to_pool: Signer
 ) -> None:
-    """Run the tasks of one ("tasks", ...) message; report them done as results leave."""
-    _, token, endpoint, pickled_func, task_nos, nframes = message.meta
+    """Run the tasks of one :class:`~oqzmq.protocol.Tasks` message; report them done as
+    results leave."""
+    tasks = Tasks.from_meta(message.meta)
+    token, endpoint = tasks.token, tasks.reply_endpoint
     body = message.body
     try:
-        func, monitor = _function(pickled_func)
+        func, monitor = _function(tasks.func)
     except Exception:
         report = failure_report(_unpickling_hint(host) + traceback.format_exc())
-        for task_no in task_nos:
+        for task_no in tasks.task_nos:
             outbox.add(endpoint, token, ("error", task_no, 0, report), (), 0)
         outbox.flush()
-        protocol.send(dealer, to_pool, ("done", len(task_nos), 0.0))
+        protocol.send(dealer, to_pool, Done(len(tasks.task_nos), 0.0))
         return
     done, offset, started = 0, 0, time.perf_counter()
-    for task_no, count in zip(task_nos, nframes, strict=True):
+    for task_no, count in zip(tasks.task_nos, tasks.nframes, strict=True):
         _run_one(func, monitor, body[offset:offset + count], host, outbox, endpoint, token,
                  task_no)
         offset += count
@@ -303,11 +284,11 @@ def _run_batch(
         if outbox.due() or not outbox.pending:
             outbox.flush()
             now = time.perf_counter()
-            protocol.send(dealer, to_pool, ("done", done, now - started))
+            protocol.send(dealer, to_pool, Done(done, now - started))
             done, started = 0, now
     outbox.flush()
     if done:
-        protocol.send(dealer, to_pool, ("done", done, time.perf_counter() - started))
+        protocol.send(dealer, to_pool, Done(done, time.perf_counter() - started))
 
 
 def _run_one(

@@ -5,7 +5,8 @@ start`` does that over ssh, or the ``openquake-workerpool`` systemd unit does). 
 secret comes from openquake.cfg (``[dbserver] authkey``), or from standard input with
 ``--authkey-stdin`` (used by the private pool of ``processpool`` mode).
 
-Control messages (``meta`` tuples from a master's DEALER; every one authenticated)::
+Control messages (from a master's DEALER, every one authenticated; their names in
+:mod:`oqzmq.protocol`: Submit, Cancel, Lease, Ping, StatusQuery...)::
 
     ("submit", token, reply_endpoint, func, [task_no, ...], [nframes, ...])
                               func: the pickled task function; body: the pickled arguments
@@ -62,8 +63,30 @@ from oqzmq import protocol
 from oqzmq.auth import Signer, Verifier
 from oqzmq.config import ConfigError, load_config
 from oqzmq.memory import MemoryLimits, memory_cgroup, oom_kills
+from oqzmq.protocol import (
+    Cancel,
+    Done,
+    Heartbeat,
+    InspectQuery,
+    Kill,
+    Killed,
+    Lease,
+    Message,
+    Ping,
+    Pong,
+    PoolInspection,
+    PoolStatus,
+    Ready,
+    Refused,
+    ResultBatch,
+    StatusQuery,
+    Stop,
+    Stopping,
+    Submit,
+    Tasks,
+)
 from oqzmq.sdnotify import notify
-from oqzmq.worker import ReceiverSockets, batch_meta, failure_report, worker_main
+from oqzmq.worker import ReceiverSockets, failure_report, worker_main
 
 log = logging.getLogger("oqzmq.workerpool")
 
@@ -296,8 +319,8 @@ class WorkerPool:
         ``kind``: "lost", or "oom" when memory ran out)."""
         sock, signer = self.receivers.get(batch.endpoint, batch.token)
         entries = [(kind, task_no, 0, failure_report(reason)) for task_no in batch.task_nos]
-        meta = batch_meta(self.pool_id, batch.token, self.host, pid, 0.0, entries)
-        if not protocol.send_nowait(sock, signer, meta):
+        lost = ResultBatch(self.pool_id, batch.token, self.host, pid, 0.0, entries)
+        if not protocol.send_nowait(sock, signer, lost):
             log.warning("could not report lost tasks %s to %s", ", ".join(batch.task_keys()),
                         batch.endpoint)
 
@@ -365,9 +388,9 @@ class WorkerPool:
                 wanted -= len(batch)
                 slot.assigned.append(batch)
                 layout, data = batch.encoded()
-                meta = ("tasks", batch.token, batch.endpoint, batch.func, batch.task_nos,
-                        batch.nframes)
-                protocol.send_encoded(self.workers_sock, self._to_workers, meta, layout, data,
+                tasks = Tasks(batch.token, batch.endpoint, batch.func, batch.task_nos,
+                              batch.nframes)
+                protocol.send_encoded(self.workers_sock, self._to_workers, tasks, layout, data,
                                       envelope=[slot.ident])
 
     def _heartbeat(self) -> None:
@@ -375,7 +398,7 @@ class WorkerPool:
         receivers.update((b.endpoint, b.token) for s in self.slots.values() for b in s.assigned)
         for endpoint, token in receivers:
             sock, signer = self.receivers.get(endpoint, token)
-            protocol.send_nowait(sock, signer, ("heartbeat", self.pool_id, self.memory_warning))
+            protocol.send_nowait(sock, signer, Heartbeat(self.pool_id, self.memory_warning))
 
     def _tokens(self) -> set[str]:
         """The calculations with tasks here (queued or held by a worker process)."""
@@ -434,40 +457,44 @@ class WorkerPool:
         slot = self.slots.get(message.envelope[0])
         if slot is None or slot.revoked:
             return
-        kind = message.meta[0]
-        if kind == "ready":
+        if message.kind == Ready.KIND:
             slot.ready = True
-        elif kind == "done":
-            _, count, seconds = message.meta
-            slot.assigned.drop(count)
-            if count:
-                self.mean_task_time = 0.7 * self.mean_task_time + 0.3 * seconds / count
+        elif message.kind == Done.KIND:
+            done = Done.from_meta(message.meta)
+            slot.assigned.drop(done.count)
+            if done.count:
+                self.mean_task_time = (0.7 * self.mean_task_time
+                                       + 0.3 * done.seconds / done.count)
 
     def _on_ctrl(self, message: protocol.Received) -> None:
-        command = message.meta[0]
-        if command == "submit":
-            _, token, endpoint, func, task_nos, nframes = message.meta
-            layout = np.frombuffer(message.layout, dtype=np.int64).reshape(-1, 3)
-            if len(task_nos) != len(nframes) or sum(nframes) != len(layout) or not task_nos:
-                raise ValueError(f"submit of {len(task_nos)} tasks with {len(nframes)} frame "
-                                 f"counts for {len(layout)} frames")
-            batch = Batch(token, endpoint, func, task_nos, nframes, layout, message.data)
-            self.leases[token] = time.monotonic()
-            if self.stopping:
-                self._report_lost(batch, f"workerpool on {self.host} is stopping and refused "
-                                         f"the task")
-            else:
-                self.queue.append(batch)
+        command = message.kind
+        if command == Submit.KIND:
+            self._on_submit(Submit.from_meta(message.meta), message)
             return
-        if command == "cancel":
-            self._cancel(message.meta[1])
+        if command == Cancel.KIND:
+            self._cancel(Cancel.from_meta(message.meta).token)
             return
-        if command == "lease":
+        if command == Lease.KIND:
             now = time.monotonic()
-            self.leases.update((token, now) for token in message.meta[1])
+            self.leases.update((token, now) for token in Lease.from_meta(message.meta).tokens)
             return
         reply = self._reply(command)
         protocol.send(self.ctrl, self._ctrl_out, reply, envelope=message.envelope)
+
+    def _on_submit(self, submit: Submit, message: protocol.Received) -> None:
+        task_nos, nframes = submit.task_nos, submit.nframes
+        layout = np.frombuffer(message.layout, dtype=np.int64).reshape(-1, 3)
+        if len(task_nos) != len(nframes) or sum(nframes) != len(layout) or not task_nos:
+            raise ValueError(f"submit of {len(task_nos)} tasks with {len(nframes)} frame "
+                             f"counts for {len(layout)} frames")
+        batch = Batch(submit.token, submit.reply_endpoint, submit.func, task_nos, nframes,
+                      layout, message.data)
+        self.leases[submit.token] = time.monotonic()
+        if self.stopping:
+            self._report_lost(batch, f"workerpool on {self.host} is stopping and refused "
+                                     f"the task")
+        else:
+            self.queue.append(batch)
 
     def _revoke_running(self, token: str) -> None:
         """Kill the worker processes busy only with tasks of a cancelled calculation (`oqz
@@ -485,21 +512,21 @@ class WorkerPool:
                 slot.revoked = True
                 _kill(slot.process)
 
-    def _reply(self, command: str) -> tuple[object, ...]:
-        if command == "ping":
-            return ("pong", self.host, self.size, os.getpid())
-        if command == "status":
-            return ("status", self.host, len(self._busy_slots()), self.size, len(self.queue))
-        if command == "inspect":
+    def _reply(self, command: str) -> Message:
+        if command == Ping.KIND:
+            return Pong(self.host, self.size, os.getpid())
+        if command == StatusQuery.KIND:
+            return PoolStatus(self.host, len(self._busy_slots()), self.size, len(self.queue))
+        if command == InspectQuery.KIND:
             running = {s.process.pid: _task_keys(s.assigned) for s in self.slots.values()}
-            return ("inspect", self.host, running, _task_keys(self.queue))
-        if command == "stop":
+            return PoolInspection(self.host, running, _task_keys(self.queue))
+        if command == Stop.KIND:
             self.stopping = True
-            return ("stopping", self.host)
-        if command == "kill":
+            return Stopping(self.host)
+        if command == Kill.KIND:
             self._kill_now("killed by `oqz workers kill`")
-            return ("killed", self.host)
-        return ("error", f"unknown command {command!r}")
+            return Killed(self.host)
+        return Refused(f"unknown command {command!r}")
 
     def _idle(self, now: float) -> bool:
         """No task here and no calculation that used this pool in the last LEASE_TIMEOUT s."""

@@ -4,13 +4,12 @@ on every worker, the datastore written on the master and visible on the workers 
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import pytest
 
 from oqcluster.nodetests.expect import expect
-from oqcluster.verify.smoke import parse_tasks_per_host
+from oqcluster.verify.smoke import read_demo_outcome
 
 TASKS_PER_WORKER = 4
 FIX = "as openquake on the master: oqz workers status; journalctl -u openquake-dbserver"
@@ -35,17 +34,18 @@ def test_the_demo_runs_across_every_worker(cluster: Any, engine: Any) -> None:
     expect(started.rc == 0, "oqz workers start (over ssh as openquake) succeeds",
            (started.stdout + started.stderr).strip()[-300:], FIX)
     tasks = TASKS_PER_WORKER * len(cluster.remote_workers())
-    run = engine(f"run demo --size tiny --tasks {tasks} --distribute zmq")
+    run = engine(f"run demo --size tiny --tasks {tasks} --distribute zmq --json")
     output = run.stdout + run.stderr
     expect(run.rc == 0, "oqz run demo exits 0", output.strip()[-300:], FIX)
-    counts = parse_tasks_per_host(run.stdout)
+    outcome = read_demo_outcome(run.stdout)
+    expect(outcome is not None, "oqz run demo --json prints its outcome", output.strip()[-300:],
+           FIX)
+    counts = outcome["tasks_per_host"]
     for worker in cluster.remote_workers():
         address = cluster.address(worker)
         expect(counts.get(address, 0) > 0, f"{worker} ({address}) computed tasks",
-               str(counts) or "no tasks/host line", FIX)
-    match = re.search(r"^datastore:\s*(\S+)$", run.stdout, re.MULTILINE)
-    expect(match is not None, "the output names the datastore", output.strip()[-300:], FIX)
-    datastore = match.group(1)
+               str(counts), FIX)
+    datastore = outcome["datastore"]
     user = cluster.settings(cluster.master)["oq_user"]
     for worker in cluster.remote_workers():
         seen = cluster.node(worker).run("runuser -u %s -- test -s %s", user, datastore)

@@ -1,1 +1,1 @@
-"""The oqcluster subcommands; each module exposes `add_parser(subparsers)` (see oqcluster.cli)."""
+"""The oqcluster subcommands; each module exposes `register(subparsers)` (see oqcluster.cli)."""

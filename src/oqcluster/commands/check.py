@@ -19,7 +19,7 @@ from oqcluster.commands.common import (
 from oqcluster.rules import validate
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check",
         help="validate an inventory without touching any host",
@@ -28,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     add_inventory_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the problems as JSON")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

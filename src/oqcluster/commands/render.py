@@ -20,7 +20,7 @@ from oqcluster.render import render_config, write_config
 from oqcluster.rules import validate
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "render",
         help="render openquake.cfg for each node, as the role writes it",
@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="only this inventory host (repeatable); default: every node")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write DIR/<host>/openquake.cfg (mode 0600) instead of printing")
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

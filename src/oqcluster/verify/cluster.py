@@ -8,11 +8,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from oqcluster.verify.context import Context
 from oqcluster.verify.outside import refused_from_outside
 from oqcluster.verify.remote import LISTENER, Node
-from oqcluster.verify.results import CheckResult, failed, passed
+from oqcluster.verify.results import ENGINE_RELEASE_FIX, CheckResult, failed, json_object, passed
 
 CONFIG_FILE = "openquake.cfg"
 LISTEN_SECONDS = 30
@@ -147,15 +148,21 @@ def workerpools_answer(ctx: Context) -> Iterator[CheckResult]:
     the master, and calculations then wait for it in vain.
     """
     user, master = ctx.setting("oq_user"), ctx.master
-    out = master.run_as(user, "OQ_CONFIG_FILE=%s %s workers status",
+    out = master.run_as(user, "OQ_CONFIG_FILE=%s %s workers status --json",
                         _config_path(master), f"{ctx.setting('oq_venv_dir')}/bin/oqz")
-    states = parse_workers_status(out.stdout)
+    states = read_workers_status(out.stdout)
+    check = "workerpool answers the master (authenticated ping)"
+    if states is None:
+        found = out.text or f"oqz exit code {out.rc}"
+        for worker in ctx.workers:
+            yield failed(worker.name, check, "the JSON of oqz workers status --json", found,
+                         f"if oqz names no other problem: {ENGINE_RELEASE_FIX}")
+        return
     for worker in ctx.workers:
-        check = "workerpool answers the master (authenticated ping)"
         state = states.get(worker.address)
         if state is None:
-            yield failed(worker.name, check, "a status line for " + worker.address,
-                         out.text or f"oqz exit code {out.rc}",
+            yield failed(worker.name, check, "a status for " + worker.address,
+                         f"statuses for {', '.join(states) or 'no host'}",
                          f"on {master.name} as {user}: oqz workers status (is {worker.address} "
                          "in [zworkers] host_cores?)")
         elif state.startswith("not running"):
@@ -177,20 +184,19 @@ def _pool_fix(worker: str, master: str, user: str, state: str) -> str:
     return start.removeprefix("then ")
 
 
-def parse_workers_status(stdout: str) -> dict[str, str]:
-    """{address: "N of M processes busy" | "not running: why"} from `oqz workers status`."""
-    states: dict[str, str] = {}
-    for line in stdout.splitlines()[1:]:
-        fields = line.split(maxsplit=1)
-        if len(fields) < 2:
-            continue
-        host, rest = fields
-        if "not running" in rest:
-            states[host] = rest[rest.index("not running"):]
-        else:
-            running, total, *_ = rest.split()
-            states[host] = f"{running} of {total} processes busy"
-    return states
+def read_workers_status(stdout: str) -> dict[str, str] | None:
+    """{address: "N of M processes busy" | "not running: why"} from what `oqz workers status
+    --json` printed; None when it printed no such JSON."""
+    status = json_object(stdout)
+    if status is None or not isinstance(status.get("workerpools"), list):
+        return None
+    return {pool["host"]: _pool_state(pool) for pool in status["workerpools"]}
+
+
+def _pool_state(pool: dict[str, Any]) -> str:
+    if not pool["answers"]:
+        return f"not running: {pool['why']}"
+    return f"{pool['running']} of {pool['total']} processes busy"
 
 
 def ssh_master_to_workers(ctx: Context) -> Iterator[CheckResult]:

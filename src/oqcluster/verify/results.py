@@ -10,9 +10,14 @@ unproven are not secure.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import Any
 
+# What fixes an engine on the nodes that does not print the JSON this release reads.
+ENGINE_RELEASE_FIX = ("re-run `ansible-playbook site.yml -i INV`: the nodes must run the engine "
+                      "of this release of oqcluster")
 # The skip reasons of the node tests say which of the two skips they are (expect.py).
 NOT_CHECKED_PREFIX = "not checked: "
 SECURITY_TAG = "[security] "
@@ -100,3 +105,12 @@ def all_ok(results: Iterable[CheckResult]) -> bool:
 def last_lines(text: str, lines: int = 3) -> str:
     """The end of a command's output, on one line, for a result's `found`."""
     return " | ".join(text.strip().splitlines()[-lines:]) or "no output"
+
+
+def json_object(stdout: str) -> dict[str, Any] | None:
+    """The JSON object an `oqz ... --json` command printed, None when it printed none."""
+    try:
+        value = json.loads(stdout)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -1,22 +1,28 @@
 """The smoke calculation: the engine's demo, run on the master in zmq mode.
 
 It passes for a worker only when the worker computed at least one task: the engine reports
-the tasks per host_cores address ("tasks/host: 10.0.0.11: 3, ...").
+the tasks per host_cores address (``oqz run demo --json``: ``"tasks_per_host"``).
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
+from typing import Any
 
 from oqcluster.verify.context import Context
-from oqcluster.verify.results import CheckResult, failed, last_lines, passed
+from oqcluster.verify.results import (
+    ENGINE_RELEASE_FIX,
+    CheckResult,
+    failed,
+    json_object,
+    last_lines,
+    passed,
+)
 from oqcluster.verify.smoke_openquake import smoke_openquake
 
 TASKS_PER_WORKER = 4
 TIMEOUT_SECONDS = 120
-TASKS_LINE = re.compile(r"^tasks/host:\s*(?P<pairs>.*)$", re.MULTILINE)
 
 
 def smoke_calculation(ctx: Context) -> Iterator[CheckResult]:
@@ -35,7 +41,7 @@ def smoke_oqzmq(ctx: Context) -> Iterator[CheckResult]:
     started = time.monotonic()
     out = ctx.master.run_as(
         user, "OQ_CONFIG_FILE=%s timeout %s %s run demo --size tiny --tasks %s "
-        "--distribute zmq", config, TIMEOUT_SECONDS, oqz, tasks,
+        "--distribute zmq --json", config, TIMEOUT_SECONDS, oqz, tasks,
     )
     seconds = time.monotonic() - started
     check = f"smoke calculation (oqz run demo, {tasks} tasks, zmq)"
@@ -44,7 +50,12 @@ def smoke_oqzmq(ctx: Context) -> Iterator[CheckResult]:
                      f"on {ctx.master.name} as {user}: oqz workers status; oqz workers start; "
                      "then OQ_CONFIG_FILE=... oqz run demo --size tiny")
         return
-    counts = parse_tasks_per_host(out.stdout)
+    outcome = read_demo_outcome(out.stdout)
+    if outcome is None:
+        yield failed(ctx.master.name, check, "the JSON of oqz run demo --json",
+                     last_lines(out.stdout + out.stderr), ENGINE_RELEASE_FIX)
+        return
+    counts = outcome["tasks_per_host"]
     yield passed(ctx.master.name, check, f"done in {seconds:.1f}s: " + _summary(counts), seconds)
     for worker in ctx.workers:
         done = counts.get(worker.address, 0)
@@ -57,17 +68,13 @@ def smoke_oqzmq(ctx: Context) -> Iterator[CheckResult]:
                          f"running? on {ctx.master.name}: oqz workers status")
 
 
-def parse_tasks_per_host(stdout: str) -> dict[str, int]:
-    """{address: tasks} from the engine's "tasks/host: a: 3, b: 1" line."""
-    match = TASKS_LINE.search(stdout)
-    if not match:
-        return {}
-    counts: dict[str, int] = {}
-    for pair in match["pairs"].split(","):
-        address, _, number = pair.strip().rpartition(":")
-        if address and number.strip().isdigit():
-            counts[address.strip()] = int(number)
-    return counts
+def read_demo_outcome(stdout: str) -> dict[str, Any] | None:
+    """What `oqz run demo --json` printed (calc_id, datastore, checksum, tasks_per_host
+    {address: tasks}...), None when it printed no such JSON."""
+    outcome = json_object(stdout)
+    if outcome is None or not isinstance(outcome.get("tasks_per_host"), dict):
+        return None
+    return outcome
 
 
 def _summary(counts: dict[str, int]) -> str:

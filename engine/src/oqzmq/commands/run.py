@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from typing import Any
 
 from oqzmq.config import DISTRIBUTE_MODES, load_config
-from oqzmq.demo import SIZES, run_demo
+from oqzmq.demo import SIZES, DemoResult, run_demo
 from oqzmq.errors import UserError
 from oqzmq.logs import calculation
 
@@ -32,6 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calc-id", type=int,
                         help="use this calculation id (only with OQ_DATABASE=none: otherwise "
                              "the dbserver numbers calculations)")
+    parser.add_argument("--json", action="store_true",
+                        help="print the outcome as JSON (calc_id, checksum, tasks_per_host...)")
     parser.set_defaults(handler=run_calculation)
 
 
@@ -56,9 +60,34 @@ def run_calculation(args: argparse.Namespace) -> int:
             result = run_demo(config, args.size, args.seed, args.distribute, calc.id,
                               args.sources, args.sites, args.tasks)
             calc.set_datastore(result.path)
+    distribute = args.distribute or config.distribute
+    if args.json:
+        print(json.dumps(_outcome(result, distribute), indent=2))
+    else:
+        _print_outcome(result, distribute)
+    return 0
+
+
+def _outcome(result: DemoResult, distribute: str) -> dict[str, Any]:
+    """What ``oqz run demo --json`` prints: the outcome of a completed calculation."""
+    return {
+        "calc_id": result.calc_id,
+        "status": "complete",
+        "distribute": distribute,
+        "seconds": round(result.seconds, 3),
+        "datastore": str(result.path),
+        "checksum": result.checksum,
+        "max_poe": result.max_poe,
+        "tasks": sum(result.tasks_per_host.values()),
+        "tasks_per_host": dict(sorted(result.tasks_per_host.items())),
+        "reruns": result.moves,
+    }
+
+
+def _print_outcome(result: DemoResult, distribute: str) -> None:
     hosts = ", ".join(f"{host}: {n}" for host, n in sorted(result.tasks_per_host.items()))
     print(f"calculation {result.calc_id} done in {result.seconds:.2f}s "
-          f"(distribute={args.distribute or config.distribute})")
+          f"(distribute={distribute})")
     print(f"datastore:  {result.path}")
     print(f"checksum:   {result.checksum} (hazard curves; same seed -> same value in every mode)")
     print(f"max PoE:    {result.max_poe:.4f} in 50 years")
@@ -66,7 +95,6 @@ def run_calculation(args: argparse.Namespace) -> int:
     if result.moves:
         print(f"re-runs:    {result.moves} (tasks lost with a worker or host; why: the log, "
               "and task_retries in the datastore)")
-    return 0
 
 
 def _description(args: argparse.Namespace) -> str:

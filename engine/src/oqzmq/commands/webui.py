@@ -45,10 +45,11 @@ def workers_status_source(config: Config) -> Callable[[], list[tuple[str, int | 
         if not config.host_cores:
             return []
         from oqzmq import launcher
+        from oqzmq.protocol import StatusQuery
 
-        replies = launcher.query_pools(config, ("status",), timeout=3.0)
+        replies = launcher.query_pools(config, StatusQuery(), timeout=3.0)
         return [
-            (host, reply[2], reply[3]) if reply else (host, None, None)
+            (host, reply.running, reply.total) if reply else (host, None, None)
             for host, reply in replies.items()
         ]
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
+from typing import Any
 
 from oqzmq import launcher
 from oqzmq.config import Config, load_config
-from oqzmq.errors import TaskError
+from oqzmq.errors import TaskError, UserError
 from oqzmq.parallel import Starmap
+from oqzmq.protocol import InspectQuery, Kill, PoolStatus, StatusQuery, Stop
 from oqzmq.tasks import hostinfo
 
 ACTIONS = ("start", "stop", "kill", "status", "inspect", "debug")
@@ -27,10 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--ssh-user", default=launcher.SSH_USER)
     parser.add_argument("--wait", type=float, default=15.0,
                         help="seconds to wait for started pools to answer")
+    parser.add_argument("--json", action="store_true", help="status: print JSON")
     parser.set_defaults(handler=run_workers)
 
 
 def run_workers(args: argparse.Namespace) -> int:
+    if args.json and args.action != "status":
+        raise UserError(f"--json goes with status, not {args.action}")
     config = load_config()
     config.require_workers()
     if args.action == "start":
@@ -38,14 +44,15 @@ def run_workers(args: argparse.Namespace) -> int:
                                        args.ssh_user)
         return _print_reports(reports)
     if args.action in ("stop", "kill"):
-        replies = launcher.query_pools(config, (args.action,), timeout=5.0)
+        query = Stop() if args.action == "stop" else Kill()
+        replies = launcher.query_pools(config, query, timeout=5.0)
         return _print_reports([
             launcher.HostReport(host, reply is not None,
-                                str(reply[0]) if reply else "not running (no answer)")
+                                reply.KIND if reply else "not running (no answer)")
             for host, reply in replies.items()
         ])
     if args.action == "status":
-        return _status(config)
+        return _status(config, args.json)
     if args.action == "inspect":
         return _inspect(config)
     return _debug(config, args)
@@ -57,27 +64,46 @@ def _print_reports(reports: list[launcher.HostReport]) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
-def _status(config: Config) -> int:
-    replies = launcher.query_pools(config, ("status",), timeout=3.0)
-    print(f"{'host':<20} {'running':>7} {'total':>5} {'queued':>6}")
-    for host, reply in replies.items():
-        if reply is None:
-            why = launcher.diagnose_port(host, config.ctrl_port)
-            print(f"{host:<20} {'-':>7} {'-':>5} {'-':>6}  not running: {why}")
-        else:
-            print(f"{host:<20} {reply[2]:>7} {reply[3]:>5} {reply[4]:>6}")
-    return 0 if all(replies.values()) else 1
+def _status(config: Config, as_json: bool) -> int:
+    """Per host: worker processes busy (running), in all (total), tasks queued; or why the
+    pool does not answer. Exit 1 when one does not."""
+    replies = launcher.query_pools(config, StatusQuery(), timeout=3.0)
+    states = [_pool_state(host, reply, config) for host, reply in replies.items()]
+    if as_json:
+        print(json.dumps({"workerpools": states}, indent=2))
+    else:
+        print(f"{'host':<20} {'running':>7} {'total':>5} {'queued':>6}")
+        for state in states:
+            print(_status_line(state))
+    return 0 if all(state["answers"] for state in states) else 1
+
+
+def _pool_state(host: str, reply: PoolStatus | None, config: Config) -> dict[str, Any]:
+    """What ``oqz workers status --json`` says about one host (the same keys for every host:
+    the counts None when the pool does not answer, ``why`` None when it does)."""
+    if reply is None:
+        return {"host": host, "answers": False, "running": None, "total": None, "queued": None,
+                "why": launcher.diagnose_port(host, config.ctrl_port)}
+    return {"host": host, "answers": True, "running": reply.running, "total": reply.total,
+            "queued": reply.queued, "why": None}
+
+
+def _status_line(state: dict[str, Any]) -> str:
+    host = state["host"]
+    if not state["answers"]:
+        return f"{host:<20} {'-':>7} {'-':>5} {'-':>6}  not running: {state['why']}"
+    return f"{host:<20} {state['running']:>7} {state['total']:>5} {state['queued']:>6}"
 
 
 def _inspect(config: Config) -> int:
-    replies = launcher.query_pools(config, ("inspect",), timeout=3.0)
+    """Per host: the tasks each worker process holds, and those queued in the pool."""
+    replies = launcher.query_pools(config, InspectQuery(), timeout=3.0)
     for host, reply in replies.items():
         if reply is None:
             print(f"{host}: not running")
             continue
-        _, _, running, queued = reply
-        print(f"{host}: {len(queued)} queued")
-        for pid, tasks in sorted(running.items()):
+        print(f"{host}: {len(reply.queued)} queued")
+        for pid, tasks in sorted(reply.running.items()):
             print(f"  pid {pid}: {' '.join(tasks) or 'idle'}")
     return 0 if all(replies.values()) else 1
 

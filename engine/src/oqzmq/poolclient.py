@@ -1,0 +1,124 @@
+"""A master's connection to workerpools: :class:`PoolHandle` (one DEALER socket per pool).
+
+A Starmap (:mod:`oqzmq.parallel`) submits its tasks through one handle per pool; ``oqz
+workers`` (:mod:`oqzmq.launcher`) asks the pools for their status through the same handles.
+The messages are those of :mod:`oqzmq.protocol` on the ``ctrl:``/``ctrl-reply:`` channels.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import zmq
+
+from oqzmq import protocol
+from oqzmq.auth import Buffer, Signer, Verifier
+from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
+
+PING_TIMEOUT = 5.0
+# Tasks submitted together travel together: fewer, larger messages for tiny tasks (see
+# oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than). A batch leaves
+# when it holds TASK_BATCH_COUNT tasks or TASK_BATCH_BYTES of arguments, or when the
+# Starmap is iterated; the first task after a pause of BURST_GAP s leaves at once.
+TASK_BATCH_COUNT = 256
+TASK_BATCH_BYTES = 1 << 20
+BURST_GAP = 0.002
+
+
+@dataclass
+class PoolHandle:
+    """A master's connection to one workerpool."""
+
+    host: str
+    endpoint: str
+    sock: zmq.Socket
+    signer: Signer
+    verifier: Verifier
+    size: int = 1
+    pid: int = 0  # of the pool process, once it answered a ping
+    outstanding: int = 0
+    last_heard: float = 0.0
+    outbox: list[tuple[int, list[Buffer]]] = field(default_factory=list)
+    outbox_bytes: int = 0
+    token: str = ""  # the Starmap whose tasks go through this handle
+    reply_endpoint: str = ""
+    func: bytes = b""  # its pickled task function and monitor name
+    last_flush: float = 0.0
+    alive: bool = True  # False once dropped (silent); True again when it answers a ping
+    last_ping: float = 0.0
+
+    @property
+    def pool_id(self) -> str:
+        return self.endpoint
+
+    def queue_task(self, task_no: int, frames: list[Buffer], size: int) -> None:
+        """Send now if this is the first task of a burst, else batch it (sent when the batch
+        fills up, and at the latest when the Starmap is iterated). ``size``: its bytes."""
+        quiet = not self.outbox and time.monotonic() - self.last_flush > BURST_GAP
+        self.outbox.append((task_no, frames))
+        self.outbox_bytes += size
+        if (quiet or len(self.outbox) >= TASK_BATCH_COUNT
+                or self.outbox_bytes >= TASK_BATCH_BYTES):
+            self.flush_tasks()
+
+    def flush_tasks(self) -> None:
+        """Send the queued tasks in one :class:`~oqzmq.protocol.Submit` message."""
+        if not self.outbox:
+            return
+        task_nos = [task_no for task_no, _ in self.outbox]
+        nframes = [len(frames) for _, frames in self.outbox]
+        body = [frame for _, frames in self.outbox for frame in frames]
+        self.send(Submit(self.token, self.reply_endpoint, self.func, task_nos, nframes), body)
+        self.outbox.clear()
+        self.outbox_bytes = 0
+        self.last_flush = time.monotonic()
+
+    def send(self, message: Message, body: list[Buffer] | tuple[()] = ()) -> None:
+        protocol.send(self.sock, self.signer, message, body)
+
+    def request(self, query: Query[ReplyT], timeout: float = PING_TIMEOUT) -> ReplyT | None:
+        """Send ``query`` and wait for its reply (None on timeout)."""
+        self.send(query)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not self.sock.poll(int(left * 1000) + 1):
+                break
+            reply = protocol.recv(self.sock, self.verifier)
+            if reply is not None:
+                return query.read_reply(reply.meta)
+        return None
+
+    def heard_pong(self, pong: Pong) -> None:
+        """The pool answered a ping: it is alive, with this many worker processes."""
+        self.size, self.pid, self.last_heard = pong.size, pong.pid, time.monotonic()
+
+
+def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
+                 max_bytes: int) -> PoolHandle:
+    """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
+    sock = protocol.limit(context.socket(zmq.DEALER), max_bytes)
+    sock.setsockopt(zmq.LINGER, 1000)
+    sock.connect(endpoint)
+    return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
+                      Verifier(authkey, f"ctrl-reply:{endpoint}"))
+
+
+def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[PoolHandle]:
+    """Ping all pools at once; note their sizes and pids; return the ones that did not
+    answer."""
+    for pool in pools:
+        pool.send(Ping())
+    silent = {pool.endpoint: pool for pool in pools}
+    deadline = time.monotonic() + timeout
+    poller = zmq.Poller()
+    for pool in pools:
+        poller.register(pool.sock, zmq.POLLIN)
+    while silent and (left := deadline - time.monotonic()) > 0:
+        for sock, _ in poller.poll(int(left * 1000) + 1):
+            pool = next(p for p in pools if p.sock is sock)
+            reply = protocol.recv(sock, pool.verifier)
+            if reply is not None and reply.kind == Pong.KIND:
+                pool.heard_pong(Pong.from_meta(reply.meta))
+                silent.pop(pool.endpoint, None)
+    return list(silent.values())
