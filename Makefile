@@ -53,7 +53,7 @@ test-fast: lint unit ## everyday subset: lint + pytest, no containers
 
 molecule: venv image ## the Molecule scenarios (containers)
 	@for scenario in $(SCENARIOS); do \
-	    $(STAGE) "molecule test -s $$scenario" molecule test -s $$scenario; \
+	    $(STAGE) "molecule test -s $$scenario" molecule test -s $$scenario || exit 1; \
 	done
 
 test: host-deps lint unit molecule molecule-kernel-ci ## everything CI runs: lint, pytest, Molecule (containers, then kernel VMs)
