@@ -61,6 +61,19 @@ def test_redhat_names_of_packages_and_services(renderer: Any) -> None:
     assert r.variables("w1", "oq_ssh", "Debian")["oq_ssh_server_service"] == "ssh"
 
 
+def test_package_installs_skip_recommends_with_apt_only(renderer: Any) -> None:
+    # the roles install with ansible.builtin.package, which hands every argument to apt or
+    # dnf: install_recommends must be false with apt and absent (omitted) with dnf
+    from ansible.errors import AnsibleValueOmittedError
+
+    r = renderer(CLUSTER)
+    for facts in ("Debian", "Ubuntu"):
+        variables = r.variables("m1", "oq_ssh", facts)
+        assert r.value("{{ oq_package_install_recommends }}", variables) is False
+    with pytest.raises(AnsibleValueOmittedError):
+        r.value("{{ oq_package_install_recommends }}", r.variables("m1", "oq_ssh", "RedHat"))
+
+
 @pytest.mark.parametrize(("facts", "backend"),
                          [("RedHat", "firewalld"), ("Debian", "nftables"), ("Ubuntu", "ufw")])
 def test_firewall_backend_follows_the_os(renderer: Any, facts: str, backend: str) -> None:
