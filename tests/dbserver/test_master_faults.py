@@ -168,6 +168,9 @@ def test_a_killed_master_leaves_no_tasks_on_the_pools_and_is_marked_failed(
     with DbClient(config) as client:
         traceback = client.call("get_traceback", calc_id=calc_id)
     assert f"process {master.pid}" in traceback and "is gone" in traceback
+    with DbClient(config) as client:
+        logged = [r["message"] for r in client.call("get_logs", calc_id=calc_id)]
+    assert any("marked failed by the dbserver" in m for m in logged), logged[-5:]
     # the next calculation runs at once, on the whole pool
     started = time.monotonic()
     following = start_master(env, tmp_path / "markers", tasks=4, seconds=0)

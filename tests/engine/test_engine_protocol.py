@@ -102,3 +102,24 @@ def test_a_message_whose_frames_add_up_over_the_cap_is_dropped(
     with caplog.at_level(logging.WARNING, logger="oqzmq.protocol"):
         assert protocol.recv(pull, Verifier(AUTHKEY, CHANNEL)) is None
     assert "over the cap" in caplog.text
+
+
+def test_a_flood_of_rejected_messages_is_logged_sparsely(caplog: pytest.LogCaptureFixture) -> None:
+    """A receiver fed 250 stale messages (e.g. left in sockets by an earlier calculation on
+    the same port) logs 10 of them in a minute; another kind of rejection on the same socket
+    is still logged; the next minute's first line says how many were not logged."""
+    from oqzmq.protocol import REJECTION_LOG_LIMIT, _log_rejection
+
+    verifier = Verifier("k" * 32, "recv:test")
+    stale = "stale message: timestamp +401s from this clock"
+    with caplog.at_level(logging.WARNING, logger="oqzmq.protocol"):
+        for _ in range(250):
+            _log_rejection(verifier, "10.0.0.2", stale)
+        _log_rejection(verifier, "10.0.0.2", "bad MAC (unsigned)")
+        start, logged, skipped = verifier.rejections["stale message"]
+        verifier.rejections["stale message"] = (start - 61, logged, skipped)  # a minute on
+        _log_rejection(verifier, "10.0.0.2", stale)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == REJECTION_LOG_LIMIT + 2, lines
+    assert "bad MAC" in lines[REJECTION_LOG_LIMIT]
+    assert lines[-1].endswith(f"[{250 - REJECTION_LOG_LIMIT} more of this kind were not logged]")

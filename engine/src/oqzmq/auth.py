@@ -221,6 +221,8 @@ class Verifier:
         self.window = window
         self._last: dict[bytes, tuple[int, float]] = {}
         self._last_prune = time.monotonic()
+        # kind of rejection -> (minute started, logged, not logged): protocol's log limit
+        self.rejections: dict[str, tuple[float, int, int]] = {}
 
     def verify(self, message: Sequence[Buffer]) -> list[memoryview]:
         """The payload frames of an authentic, fresh message; AuthError otherwise."""
@@ -248,7 +250,8 @@ class Verifier:
         if abs(now - stamp) > self.window:
             raise AuthError(
                 f"stale message: timestamp {now - stamp:+.0f}s from this clock, more than the "
-                f"{self.window:.0f}s window (replay, or clocks out of sync: run NTP)"
+                f"{self.window:.0f}s window (left in a socket by an earlier calculation on this "
+                f"port, a replay, or clocks out of sync: run NTP)"
             )
         last = self._last.get(sender)
         if last is not None and counter <= last[0]:

@@ -251,6 +251,8 @@ class Actions:
 
     def _mark_failed(self, calc: Calc, reason: str) -> None:
         log.warning("%s", reason)
+        # in the calculation's own log too, where `oqz show log` and the webui look first
+        self.db.add_logs(calc.id, [(time.time(), "CRITICAL", "dbserver", reason)])
         self.db.set_traceback(calc.id, reason)
         self.db.set_status(calc.id, "failed")
         self.heard.pop(calc.id, None)

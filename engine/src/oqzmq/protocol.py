@@ -39,6 +39,7 @@ from __future__ import annotations
 import logging
 import pickle
 import sys
+import time
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -264,6 +265,23 @@ class Received:
         return self._body
 
 
+REJECTION_LOG_LIMIT = 10  # of each kind, per socket and minute: a flood must not fill logs
+
+
+def _log_rejection(verifier: Verifier, sender: str, why: str) -> None:
+    kind = why.split(":")[0].split("(")[0].strip()
+    now = time.monotonic()
+    start, logged, skipped = verifier.rejections.get(kind, (now, 0, 0))
+    if now - start >= 60:
+        start, logged = now, 0
+    if logged >= REJECTION_LOG_LIMIT:
+        verifier.rejections[kind] = (start, logged, skipped + 1)
+        return
+    more = f" [{skipped} more of this kind were not logged]" if skipped else ""
+    log.warning("rejected message on %s from %s: %s%s", verifier.channel, sender, why, more)
+    verifier.rejections[kind] = (start, logged + 1, 0)
+
+
 def recv(sock: zmq.Socket, verifier: Verifier, envelope: int = 0,
          buffers: ReceiveBuffers | None = None) -> Received | None:
     """Receive one message; verify it; None (after logging why) if it is not authentic or
@@ -282,7 +300,7 @@ def recv(sock: zmq.Socket, verifier: Verifier, envelope: int = 0,
     try:
         verified = verifier.verify(signed)
     except AuthError as exc:
-        log.warning("rejected message on %s from %s: %s", verifier.channel, peer(frames), exc)
+        _log_rejection(verifier, peer(frames), str(exc))
         return None
     try:
         if len(verified) < 2:
