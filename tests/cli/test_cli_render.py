@@ -90,7 +90,10 @@ def test_render_is_byte_identical_to_the_template_module(
     by_ansible, by_cli = tmp_path / "ansible", tmp_path / "cli"
     run = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", str(inventory),
-         str(Path(__file__).parent / "template_like_the_role.yml"), "-e", f"out_dir={by_ansible}"],
+         str(Path(__file__).parent / "template_like_the_role.yml"), "-e", f"out_dir={by_ansible}",
+         # the preflight looks for the master's secret (a new one is generated here): locally
+         "-e", "ansible_connection=local",
+         "-e", f"ansible_python_interpreter={ANSIBLE_PLAYBOOK.parent / 'python'}"],
         cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
         capture_output=True, text=True, timeout=120, check=False,
     )
