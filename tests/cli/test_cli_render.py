@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_cases import INVENTORIES, ROOT
+from cli_cases import INVENTORIES, ROOT, two_nodes
 
 from oqcluster.cli import main
 
@@ -115,11 +115,7 @@ def test_render_is_byte_identical_to_the_template_module(
 def test_render_generates_the_secret_once_beside_the_inventory(
     project_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
-        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
-    )
+    inventory = two_nodes(tmp_path)
     render = ["render", "-i", str(inventory), "--host", "w1"]
 
     assert main(render) == 0
