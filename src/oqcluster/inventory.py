@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from oqcluster.model import (
+    ADDRESS_VARIABLES,
     FACT,
     MASTER_GROUP,
     WORKERS_GROUP,
@@ -29,8 +30,8 @@ from oqcluster.rules import GENERATED
 if TYPE_CHECKING:
     from ansible.parsing.dataloader import DataLoader
 
-# Per-host variables the rules read besides the role defaults.
-PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
+# Per-host variables the model and the rules read besides the role defaults.
+PER_HOST_VARIABLES = (*ADDRESS_VARIABLES, "oq_cores")
 
 CREDENTIALS = "credentials"  # where the role defaults keep generated secrets
 
