@@ -155,8 +155,9 @@ def build(cluster: ClusterData) -> ClusterModel:
         )
     master = cluster.masters[0]
     addresses = {name: cluster.hosts[name].address() for name in cluster.cluster_hosts()}
-    cluster_addresses = tuple(dict.fromkeys(
-        (addresses[master], *(addresses[name] for name in cluster.workers))))
+    cluster_addresses = tuple(
+        dict.fromkeys((addresses[master], *(addresses[name] for name in cluster.workers)))
+    )
     allow = {
         name: _allow_list(cluster, name, cluster_addresses, addresses[master])
         for name in cluster.cluster_hosts()
@@ -188,8 +189,10 @@ def _allow_list(
     values = cluster.hosts[name].values
     rules: list[Allow] = []
     if name in cluster.masters:
-        ports = [("dbserver", _port(values, "oq_dbserver_port")),
-                 ("receivers", _port(values, "oq_receiver_port_first", "oq_receiver_port_last"))]
+        ports = [
+            ("dbserver", _port(values, "oq_dbserver_port")),
+            ("receivers", _port(values, "oq_receiver_port_first", "oq_receiver_port_last")),
+        ]
         if values.get("oq_webui_enabled", True):
             ports.append(("webui", _port(values, "oq_webui_port")))
         ports.append(("nfs", str(NFS_PORT)))

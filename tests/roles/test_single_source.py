@@ -72,7 +72,8 @@ def ssh_pins(r: Any) -> list[list[str]]:
 def observed(r: Any, inventory_dir: Path) -> dict[str, Any]:
     """Every place an address ends up: openquake.cfg, firewall, known_hosts, verify."""
     master, workers = config_addresses(
-        render_config(r.inventory, "w1", ROOT / "templates" / "openquake.cfg.j2"))
+        render_config(r.inventory, "w1", ROOT / "templates" / "openquake.cfg.j2")
+    )
     firewall = {
         host: r.value("{{ oq_firewall_rules }}", r.variables(host, "oq_firewall", "Debian"))
         for host in ("m1", "w1")
@@ -103,9 +104,7 @@ def expected(addresses: dict[str, str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_every_consumer_uses_the_models_address(
-    renderer: Any, tmp_path: Path, case: str
-) -> None:
+def test_every_consumer_uses_the_models_address(renderer: Any, tmp_path: Path, case: str) -> None:
     r = renderer(inventory_text(case))
     assert observed(r, tmp_path / "inventory") == expected(CASES[case][3])
 
@@ -125,28 +124,40 @@ def test_host_cores_and_allow_lists_come_from_the_model(renderer: Any) -> None:
     fact = r.inventory.model().as_fact()
     assert fact["host_cores"] == "10.0.0.11 -1, 10.0.0.12 4"
     assert [(rule["name"], rule["port"]) for rule in fact["allow"]["m1"]] == [
-        ("dbserver", "1908"), ("receivers", "1912-1920"), ("webui", "8800"), ("nfs", "2049")]
-    assert fact["allow"]["w2"] == [
-        {"name": "workerpool", "port": "1909", "sources": ["10.0.0.10"]}]
+        ("dbserver", "1908"),
+        ("receivers", "1912-1920"),
+        ("webui", "8800"),
+        ("nfs", "2049"),
+    ]
+    assert fact["allow"]["w2"] == [{"name": "workerpool", "port": "1909", "sources": ["10.0.0.10"]}]
     assert fact["nfs_clients"] == ["10.0.0.11", "10.0.0.12"]
 
 
 # --- nothing else derives an address ------------------------------------------------------
 
 ANSIBLE_FILES = [
-    path for pattern in ("roles/**/*.yml", "roles/**/*.j2", "templates/**/*.j2",
-                         "playbooks/*.yml", "site.yml")
+    path
+    for pattern in (
+        "roles/**/*.yml",
+        "roles/**/*.j2",
+        "templates/**/*.j2",
+        "playbooks/*.yml",
+        "site.yml",
+    )
     for path in sorted(ROOT.glob(pattern))
     if "meta" not in path.parts  # argument specs: documentation
 ]
 PYTHON_FILES = [
-    path for path in sorted((ROOT / "src").rglob("*.py")) + sorted(ROOT.glob("plugins/**/*.py"))
+    path
+    for path in sorted((ROOT / "src").rglob("*.py")) + sorted(ROOT.glob("plugins/**/*.py"))
     if path.name != "model.py"
 ]
 # Jinja that reads an address variable of its own: ansible_host at all, or oq_address
 # through a default or a hostvars lookup.
-JINJA_RULE = re.compile(r"ansible_host|oq_address\s*\||\[\s*['\"]oq_address['\"]\s*\]"
-                        r"|\.oq_address\b")
+JINJA_RULE = re.compile(
+    r"ansible_host|oq_address\s*\||\[\s*['\"]oq_address['\"]\s*\]"
+    r"|\.oq_address\b"
+)
 # Python that reads the address variables: ansible_host as a value of its own, oq_address
 # looked up (naming oq_address in a Problem, or either one in prose, is fine).
 PYTHON_RULE = re.compile(r"""["']ansible_host["']|(\.get\(\s*|\[\s*)["']oq_address["']""")
@@ -154,15 +165,23 @@ PYTHON_RULE = re.compile(r"""["']ansible_host["']|(\.get\(\s*|\[\s*)["']oq_addre
 
 def _code_lines(path: Path) -> list[tuple[int, str]]:
     comment = "{#" if path.suffix == ".j2" else "#"
-    return [(number, line) for number, line in enumerate(path.read_text().splitlines(), 1)
-            if not line.lstrip().startswith(comment)]
+    return [
+        (number, line)
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if not line.lstrip().startswith(comment)
+    ]
 
 
 def test_the_guards_see_the_files() -> None:
     names = {path.relative_to(ROOT).as_posix() for path in ANSIBLE_FILES + PYTHON_FILES}
-    assert {"roles/oq/vars/main.yml", "templates/openquake.cfg.j2",
-            "roles/oq_ssh/tasks/main.yml", "roles/oq_firewall/vars/main.yml",
-            "src/oqcluster/rules.py", "plugins/action/oq_preflight.py"} <= names
+    assert {
+        "roles/oq/vars/main.yml",
+        "templates/openquake.cfg.j2",
+        "roles/oq_ssh/tasks/main.yml",
+        "roles/oq_firewall/vars/main.yml",
+        "src/oqcluster/rules.py",
+        "plugins/action/oq_preflight.py",
+    } <= names
     assert JINJA_RULE.search("{{ oq_address | default(ansible_host) }}")
     assert JINJA_RULE.search("{{ hostvars[h]['oq_address'] }}")
     assert PYTHON_RULE.search('values.get("ansible_host")')
@@ -171,15 +190,21 @@ def test_the_guards_see_the_files() -> None:
     assert not PYTHON_RULE.search('message="neither oq_address nor ansible_host is set"')
 
 
-def test_no_role_or_template_derives_an_address() -> None:
-    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-             for path in ANSIBLE_FILES for number, line in _code_lines(path)
-             if JINJA_RULE.search(line)]
-    assert found == [], "read oq_cluster (src/oqcluster/model.py) instead:\n" + "\n".join(found)
-
-
-def test_no_module_but_the_model_reads_the_address_variables() -> None:
-    found = [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
-             for path in PYTHON_FILES for number, line in _code_lines(path)
-             if PYTHON_RULE.search(line)]
-    assert found == [], "use oqcluster.model (node_address, ClusterModel):\n" + "\n".join(found)
+@pytest.mark.parametrize(
+    ("files", "rule", "instead"),
+    [
+        (ANSIBLE_FILES, JINJA_RULE, "read oq_cluster (src/oqcluster/model.py)"),
+        (PYTHON_FILES, PYTHON_RULE, "use oqcluster.model (node_address, ClusterModel)"),
+    ],
+    ids=["roles and templates", "python modules"],
+)
+def test_nothing_but_the_model_derives_an_address(
+    files: list[Path], rule: re.Pattern[str], instead: str
+) -> None:
+    found = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in files
+        for number, line in _code_lines(path)
+        if rule.search(line)
+    ]
+    assert found == [], f"{instead} instead:\n" + "\n".join(found)

@@ -21,7 +21,9 @@ from oqcluster.rules import validate
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = add_command(
-        subparsers, "check", handler=run,
+        subparsers,
+        "check",
+        handler=run,
         help="validate an inventory without touching any host",
         description="Apply the preflight rules (the same as playbooks/preflight.yml) to the "
         "inventory and print every problem with host, variable and fix. Exit 0 only when clean.",

@@ -14,7 +14,8 @@ from oqzmq.dbserver import DbClient, DbServerError, db_file, ping, serve
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     actions, start = add_service(
-        subparsers, "dbserver",
+        subparsers,
+        "dbserver",
         help="run, stop or check the dbserver (calculation records and logs, port 1908)",
         description="The dbserver keeps calculation records, logs and task timings in SQLite "
         "([dbserver] file) and serves them to key holders on [dbserver] listen:port.",

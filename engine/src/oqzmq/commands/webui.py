@@ -14,7 +14,8 @@ INSTALL_HINT = "pip install 'oq-zmq-engine[webui]' (it adds starlette, uvicorn a
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     _, start = add_service(
-        subparsers, "webui",
+        subparsers,
+        "webui",
         help="run the web interface (calculation list, logs, task timings; JSON API)",
         description="A read-only web interface on the dbserver's records. Bind it to the "
         "cluster network only: it has no login of its own.",
