@@ -3,9 +3,11 @@
 Used by playbooks/preflight.yml before any host is touched. It applies exactly the rules of
 `oqcluster check` (oqcluster.rules, loaded through oqcluster.inventory) to the play's
 hostvars, with the oq role defaults underneath, and fails with one line per problem.
-When the inventory is valid it also returns `master`, `master_config` (the master's
-openquake.cfg) and `missing_secret`: the generated cluster secret's file when this control
-node does not have it (the run would create a new secret), else "".
+When the inventory is valid it also returns `model`, the cluster model (oqcluster.model:
+addresses, host_cores, allow-lists), which playbooks/preflight.yml publishes as the fact
+`oq_cluster` on every host; `master`, `master_config` (the master's openquake.cfg) and
+`missing_secret`: the generated cluster secret's file when this control node does not have
+it (the run would create a new secret), else "".
 
 Options:
   defaults: path of roles/oq/defaults/main.yml (required)
@@ -24,14 +26,14 @@ from ansible.utils.display import Display
 display = Display()
 
 
-def _import_oqcluster() -> tuple[Any, Any]:
-    """oqcluster's inventory and rules modules, from the venv or this checkout's src/."""
+def _import_oqcluster() -> tuple[Any, Any, Any]:
+    """oqcluster's inventory, rules and model modules, from the venv or this checkout's src/."""
     try:
-        from oqcluster import inventory, rules
+        from oqcluster import inventory, model, rules
     except ImportError:
         sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-        from oqcluster import inventory, rules
-    return inventory, rules
+        from oqcluster import inventory, model, rules
+    return inventory, rules, model
 
 
 class ActionModule(ActionBase):
@@ -47,7 +49,7 @@ class ActionModule(ActionBase):
                 f"oq_preflight: defaults={defaults_path!r} is not a file; pass the path of "
                 "roles/oq/defaults/main.yml"
             )
-        inventory, rules = _import_oqcluster()
+        inventory, rules, model = _import_oqcluster()
         hostvars = task_vars["hostvars"]
         cluster = inventory.cluster_data(
             groups=task_vars["groups"],
@@ -70,6 +72,7 @@ class ActionModule(ActionBase):
             return result
         result["msg"] = f"inventory OK: 1 master, {len(cluster.workers)} worker(s)"
         display.display(f"oq_preflight: {result['msg']}")
+        result["model"] = model.build(cluster).as_fact()
         result.update(self._secret_facts(inventory, cluster, Path(defaults_path), hostvars))
         return result
 

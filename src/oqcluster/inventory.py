@@ -15,13 +15,23 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from oqcluster.rules import GENERATED, MASTER_GROUP, WORKERS_GROUP, ClusterData, HostSettings
+from oqcluster.model import (
+    ADDRESS_VARIABLES,
+    FACT,
+    MASTER_GROUP,
+    WORKERS_GROUP,
+    ClusterData,
+    ClusterModel,
+    HostSettings,
+    build,
+)
+from oqcluster.rules import GENERATED
 
 if TYPE_CHECKING:
     from ansible.parsing.dataloader import DataLoader
 
-# Per-host variables the rules read besides the role defaults.
-PER_HOST_VARIABLES = ("oq_address", "oq_cores", "ansible_host")
+# Per-host variables the model and the rules read besides the role defaults.
+PER_HOST_VARIABLES = (*ADDRESS_VARIABLES, "oq_cores")
 
 CREDENTIALS = "credentials"  # where the role defaults keep generated secrets
 
@@ -201,6 +211,7 @@ class Inventory:
         # Creating HostVars registers it with the VariableManager: `hostvars` in templates.
         self.hostvars = HostVars(self.manager, self.variables, self.loader)
         self.defaults = load_defaults(self.loader, defaults_path)
+        self._cluster: ClusterData | None = None
         if not self.manager.list_hosts("all"):
             raise InventoryError(f"no hosts found in {', '.join(sources)}")
 
@@ -222,20 +233,32 @@ class Inventory:
         return self.variables.get_vars(host=host)
 
     def task_vars(self, name: str) -> dict[str, Any]:
-        """The host's variables with the oq role defaults underneath, as in a role task."""
+        """The host's variables as in a role task after the preflight: the oq role defaults
+        underneath, the cluster model (`oq_cluster`) on top. ModelError without one master."""
+        return {**self._defaulted_vars(name), FACT: self.model().as_fact()}
+
+    def _defaulted_vars(self, name: str) -> dict[str, Any]:
         from ansible.utils.vars import combine_vars
 
         return combine_vars(self.defaults, self.raw_vars(name))
 
     def cluster_data(self) -> ClusterData:
-        return cluster_data(self.groups, self.raw_vars, self.defaults_path, self.loader)
+        """The evaluated settings of the master and workers (evaluated once, then kept)."""
+        if self._cluster is None:
+            self._cluster = cluster_data(
+                self.groups, self.raw_vars, self.defaults_path, self.loader)
+        return self._cluster
+
+    def model(self) -> ClusterModel:
+        """The cluster model, as the preflight publishes it (oqcluster.model)."""
+        return build(self.cluster_data())
 
     def missing_secret(self, name: str) -> Path | None:
         """The generated secret's file when it is not on this control node, else None.
 
         None too when the inventory sets oq_authkey itself. Nothing is left behind.
         """
-        return missing_secret(self.task_vars(name), self.loader, self.inventory_dirs())
+        return missing_secret(self._defaulted_vars(name), self.loader, self.inventory_dirs())
 
     def inventory_dirs(self) -> list[Path]:
         """The directories the hosts were read from (where generated secrets are kept)."""

@@ -14,12 +14,12 @@ import ipaddress
 import socket
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-MASTER_GROUP = "master"
-WORKERS_GROUP = "workers"
+from oqcluster.model import MASTER_GROUP, WORKERS_GROUP, ClusterData, HostSettings
+
 DISTRIBUTE_MODES = ("no", "processpool", "zmq")
 MIN_AUTHKEY_LENGTH = 32
 # The real engine's versions this checkout can install: one pinned requirements file each.
@@ -72,45 +72,6 @@ class Finding:
     variable: str
     message: str
     fix: str
-
-
-@dataclass(frozen=True)
-class HostSettings:
-    """A host's evaluated variables, the ones whose templating failed, and type errors.
-
-    `type_errors` are violations of the role's argument specs (type, choices); those
-    variables are left out of `values`, so the rules below do not report them twice.
-    """
-
-    name: str
-    values: Mapping[str, Any]
-    errors: Mapping[str, str] = field(default_factory=dict)
-    type_errors: Mapping[str, str] = field(default_factory=dict)
-
-    def explicit_address(self) -> str | None:
-        """The address set in the inventory (oq_address, then ansible_host), if any."""
-        for variable in ("oq_address", "ansible_host"):
-            value = self.values.get(variable)
-            if value not in (None, ""):
-                return str(value)
-        return None
-
-    def address(self) -> str:
-        """The address openquake.cfg uses for this host (same fallback as the template)."""
-        return self.explicit_address() or self.name
-
-
-@dataclass(frozen=True)
-class ClusterData:
-    """What the rules need: group membership and each cluster host's settings."""
-
-    masters: tuple[str, ...]
-    workers: tuple[str, ...]
-    hosts: Mapping[str, HostSettings]
-
-    def cluster_hosts(self) -> list[str]:
-        """Hosts of the master and workers groups, masters first, each once."""
-        return list(dict.fromkeys((*self.masters, *self.workers)))
 
 
 Resolver = Callable[[str], bool]
@@ -186,8 +147,7 @@ def _address_problems(cluster: ClusterData, resolve: Resolver) -> Iterator[Probl
         by_address[master.address()].append(master.name)
     for name in cluster.workers:
         worker = cluster.hosts[name]
-        address = worker.explicit_address()
-        if address is None:
+        if worker.address_source() is None:
             yield Problem(
                 host=name,
                 variable="oq_address",
@@ -195,7 +155,7 @@ def _address_problems(cluster: ClusterData, resolve: Resolver) -> Iterator[Probl
                 fix=f"set oq_address: <its IP on the cluster network> for {name}",
             )
             continue
-        by_address[address].append(name)
+        by_address[worker.address()].append(name)
         yield from _resolution_problem(
             worker, resolve, role="in [zworkers] host_cores, which the master connects to"
         )
@@ -206,9 +166,7 @@ def _resolution_problem(host: HostSettings, resolve: Resolver, role: str) -> Ite
     address = host.address()
     if _is_ip(address) or resolve(address):
         return
-    variable = "oq_address" if host.values.get("oq_address") else (
-        "ansible_host" if host.values.get("ansible_host") else "inventory_hostname"
-    )
+    variable = host.address_source() or "inventory_hostname"
     yield Problem(
         host=host.name,
         variable=variable,

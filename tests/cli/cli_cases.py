@@ -7,6 +7,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 INVENTORIES = ROOT / "tests" / "inventories"
 
+
+def two_nodes(directory: Path, all_vars: str = "") -> Path:
+    """`directory`/hosts.yml: master m1 (192.0.2.1), worker w1 (192.0.2.2), no secret;
+    `all_vars`: YAML lines under all: vars: (indented by four spaces)."""
+    inventory = directory / "hosts.yml"
+    inventory.write_text(
+        "all:\n" + (f"  vars:\n{all_vars}" if all_vars else "")
+        + "  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
+        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
+    )
+    return inventory
+
 # Each bad inventory and the (host, variable, words) its single problem must name.
 BAD_INVENTORIES = {
     "two-masters": ("master1, master2", "group master", "exactly one host"),

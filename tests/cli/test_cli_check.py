@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_cases import BAD_INVENTORIES, INVENTORIES
+from cli_cases import BAD_INVENTORIES, INVENTORIES, two_nodes
 
 from oqcluster.cli import main
 
@@ -63,11 +63,7 @@ def test_check_reports_a_missing_inventory_as_a_usage_error(
 def test_check_does_not_generate_the_secret(
     project_root: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
-        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
-    )
+    inventory = two_nodes(tmp_path)
 
     code = main(["check", "-i", str(inventory)])
 
@@ -96,12 +92,7 @@ def test_check_reads_vaulted_values_with_the_vault_password() -> None:
 def test_check_applies_every_roles_argument_specs_to_inventory_values(
     project_root: object, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  vars:\n    oq_firewall_backend: iptables\n    oq_uid: '1909'\n"
-        "  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
-        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
-    )
+    inventory = two_nodes(tmp_path, "    oq_firewall_backend: iptables\n    oq_uid: '1909'\n")
 
     code = main(["check", "-i", str(inventory), "--json"])
 

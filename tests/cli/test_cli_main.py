@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_cases import two_nodes
 
 from oqcluster import cli
 
@@ -44,11 +45,7 @@ def test_no_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None
 def test_an_ansible_error_is_a_message_not_a_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
-        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
-    )
+    inventory = two_nodes(tmp_path)
     (tmp_path / "credentials").write_text("a file where the secret's directory goes")
     monkeypatch.chdir(Path(__file__).parents[2])
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_cases import INVENTORIES, ROOT
+from cli_cases import INVENTORIES, ROOT, two_nodes
 
 from oqcluster.cli import main
 
@@ -90,7 +90,10 @@ def test_render_is_byte_identical_to_the_template_module(
     by_ansible, by_cli = tmp_path / "ansible", tmp_path / "cli"
     run = subprocess.run(
         [str(ANSIBLE_PLAYBOOK), "-i", str(inventory),
-         str(Path(__file__).parent / "template_like_the_role.yml"), "-e", f"out_dir={by_ansible}"],
+         str(Path(__file__).parent / "template_like_the_role.yml"), "-e", f"out_dir={by_ansible}",
+         # the preflight looks for the master's secret (a new one is generated here): locally
+         "-e", "ansible_connection=local",
+         "-e", f"ansible_python_interpreter={ANSIBLE_PLAYBOOK.parent / 'python'}"],
         cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1"},
         capture_output=True, text=True, timeout=120, check=False,
     )
@@ -112,11 +115,7 @@ def test_render_is_byte_identical_to_the_template_module(
 def test_render_generates_the_secret_once_beside_the_inventory(
     project_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    inventory = tmp_path / "hosts.yml"
-    inventory.write_text(
-        "all:\n  children:\n    master:\n      hosts:\n        m1: {oq_address: 192.0.2.1}\n"
-        "    workers:\n      hosts:\n        w1: {oq_address: 192.0.2.2}\n"
-    )
+    inventory = two_nodes(tmp_path)
     render = ["render", "-i", str(inventory), "--host", "w1"]
 
     assert main(render) == 0

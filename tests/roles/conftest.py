@@ -15,6 +15,7 @@ import pytest
 from rolefacts import FACTS, ROLES
 
 from oqcluster.inventory import Inventory
+from oqcluster.model import FACT
 
 
 def write_inventory(directory: Path, text: str) -> Path:
@@ -55,6 +56,8 @@ class RoleRenderer:
         variables: dict[str, Any] = {}
         for layer in layers:
             variables = combine_vars(variables, layer)
+        # the preflight's set_fact: above role vars, as the cluster model oq_cluster
+        variables = combine_vars(variables, {FACT: self.inventory.model().as_fact()})
         variables["ansible_facts"] = FACTS[facts]
         variables["role_path"] = str(ROLES / role)
         return combine_vars(variables, extra)

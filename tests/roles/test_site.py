@@ -48,3 +48,25 @@ def test_site_stops_in_preflight_on_a_bad_inventory(case: str, words: str) -> No
     assert "inventory problem(s)" in output and words in output, output[-2000:]
     assert "Gathering Facts" not in output  # no play after the preflight started
     assert "UNREACHABLE" not in output
+
+
+def test_a_role_without_the_preflight_stops_first_saying_what_to_do(tmp_path: Path) -> None:
+    # a playbook of its own that runs a role without playbooks/preflight.yml: the oq role's
+    # first task stops it, naming the missing cluster model and the fix, before any change
+    playbook = tmp_path / "alone.yml"
+    playbook.write_text(
+        "- name: A role alone\n  hosts: workers\n  gather_facts: false\n"
+        "  roles: [{role: oq_firewall}]\n"
+    )
+    env = {"ANSIBLE_ROLES_PATH": str(ROOT / "roles")}
+    result = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), str(playbook), "-i", "tests/inventories/good"],
+        cwd=ROOT, env={**os.environ, "ANSIBLE_NOCOLOR": "1", **env}, text=True,
+        capture_output=True, timeout=180, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    assert "Require the cluster model from the preflight" in output, output[-2000:]
+    assert "oq_cluster (the cluster model) is not set" in output, output[-2000:]
+    assert "playbooks/preflight.yml" in output and "site.yml" in output
+    assert "UNREACHABLE" not in output  # it stopped before connecting anywhere

@@ -8,7 +8,7 @@ from oqcluster.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
     CommandError,
-    add_inventory_argument,
+    add_command,
     fail,
     load,
     print_problems,
@@ -20,15 +20,15 @@ from oqcluster.rules import validate
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "check",
+        handler=run,
         help="validate an inventory without touching any host",
         description="Apply the preflight rules (the same as playbooks/preflight.yml) to the "
         "inventory and print every problem with host, variable and fix. Exit 0 only when clean.",
     )
-    add_inventory_argument(parser)
     parser.add_argument("--json", action="store_true", help="print the problems as JSON")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from rich.console import Console
 from rich.markup import escape
 
 from oqcluster.inventory import Inventory, InventoryError
 from oqcluster.project import Project, ProjectNotFound, find_project
-from oqcluster.rules import Problem
+from oqcluster.rules import Problem, validate
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -21,6 +21,20 @@ EXIT_USAGE = 2
 
 class CommandError(RuntimeError):
     """A failure the user fixes by changing the command line or the environment."""
+
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def add_command(
+    subparsers: argparse._SubParsersAction, name: str, *, help: str, description: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    """A subcommand that reads an inventory (-i and the vault options), run by `handler`."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    add_inventory_argument(parser)
+    parser.set_defaults(handler=handler)
+    return parser
 
 
 def add_inventory_argument(parser: argparse.ArgumentParser) -> None:
@@ -46,6 +60,25 @@ def load(args: argparse.Namespace) -> tuple[Project, Inventory]:
         )
     except (ProjectNotFound, InventoryError) as error:
         raise CommandError(str(error)) from error
+
+
+def on_valid_inventory(
+    args: argparse.Namespace, doing: str, body: Callable[[Project, Inventory], int]
+) -> int:
+    """Load the inventory of -i and run `body` on it, unless it cannot be loaded (a usage
+    error) or breaks a rule: then its problems go to stderr and nothing is `doing`."""
+    try:
+        project, inventory = load(args)
+        problems = validate(inventory.cluster_data())
+        if problems:
+            console = stderr()
+            print_problems(console, problems)
+            console.print(f"[bold red]not {doing}:[/] {len(problems)} problem(s) in the "
+                          "inventory; fix it first (oqcluster check)")
+            return EXIT_FAILED
+        return body(project, inventory)
+    except CommandError as error:
+        return fail(str(error))
 
 
 # soft_wrap: long paths and commands stay on one line, so they can be copied.

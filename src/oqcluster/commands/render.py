@@ -6,52 +6,40 @@ import argparse
 from pathlib import Path
 
 from oqcluster.commands.common import (
-    EXIT_FAILED,
     EXIT_OK,
     CommandError,
-    add_inventory_argument,
-    fail,
-    load,
-    print_problems,
+    add_command,
+    on_valid_inventory,
     stderr,
     write_stdout,
 )
+from oqcluster.inventory import Inventory
+from oqcluster.project import Project
 from oqcluster.render import render_config, write_config
-from oqcluster.rules import validate
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "render",
+    parser = add_command(
+        subparsers, "render", handler=run,
         help="render openquake.cfg for each node, as the role writes it",
         description="Render templates/openquake.cfg.j2 for the cluster's nodes with the same "
         "templating as the role. Without --out, print to stdout (one node: the bare file).",
     )
-    add_inventory_argument(parser)
     parser.add_argument("--host", action="append", metavar="H",
                         help="only this inventory host (repeatable); default: every node")
     parser.add_argument("--out", type=Path, metavar="DIR",
                         help="write DIR/<host>/openquake.cfg (mode 0600) instead of printing")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        project, inventory = load(args)
-        cluster = inventory.cluster_data()
-        hosts = _selected_hosts(cluster.cluster_hosts(), args.host)
-    except CommandError as error:
-        return fail(str(error))
-    problems = validate(cluster)
-    if problems:
-        console = stderr()
-        print_problems(console, problems)
-        console.print(f"[bold red]not rendering:[/] {len(problems)} problem(s) in the inventory")
-        return EXIT_FAILED
-    for host in hosts:
-        text = render_config(inventory, host, project.template)
-        _emit(host, text, args.out, several=len(hosts) > 1)
-    return EXIT_OK
+    def render(project: Project, inventory: Inventory) -> int:
+        hosts = _selected_hosts(inventory.cluster_data().cluster_hosts(), args.host)
+        for host in hosts:
+            text = render_config(inventory, host, project.template)
+            _emit(host, text, args.out, several=len(hosts) > 1)
+        return EXIT_OK
+
+    return on_valid_inventory(args, "rendering", render)
 
 
 def _selected_hosts(nodes: list[str], wanted: list[str] | None) -> list[str]:

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import argparse
 import time
+from functools import partial
 from pathlib import Path
 
 from oqcluster.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
-    CommandError,
-    add_inventory_argument,
+    add_command,
     fail,
-    load,
-    print_problems,
+    on_valid_inventory,
     stderr,
     stdout,
     write_stdout,
 )
+from oqcluster.inventory import Inventory
+from oqcluster.project import Project
 from oqcluster.render import SecretMissing, render_existing_config
-from oqcluster.rules import validate
 from oqcluster.verify.results import verdict
 
 # Said with every report on a real-engine cluster: what the firewall cannot fix.
@@ -33,8 +33,8 @@ OPENQUAKE_RISK = (
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "verify",
+    parser = add_command(
+        subparsers, "verify", handler=run,
         help="check a provisioned cluster: nodes, ports, ssh, NFS, config, smoke calculation",
         description="Run the node test modules on every host (testinfra, in parallel), the "
         "cluster checks from the right vantage points and a smoke calculation. Each check "
@@ -43,7 +43,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "authentication) ran; every failure says what was expected, what was found and "
         "what fixes it.",
     )
-    add_inventory_argument(parser)
     parser.add_argument("--limit", metavar="PATTERN",
                         help="Ansible host pattern: only these hosts' checks (the master is "
                         "still used to reach the workers)")
@@ -61,27 +60,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show what every passing check found, and the checks not for "
                         "their node")
-    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    if len(args.inventory) != 1:
+        return fail("verify takes exactly one -i INV (testinfra reads a single inventory)")
+    return on_valid_inventory(args, "verifying", partial(_verify, args))
+
+
+def _verify(args: argparse.Namespace, project: Project, inventory: Inventory) -> int:
     from oqcluster.verify import report
     from oqcluster.verify.context import build_context
     from oqcluster.verify.runner import run_all
 
-    if len(args.inventory) != 1:
-        return fail("verify takes exactly one -i INV (testinfra reads a single inventory)")
     try:
-        project, inventory = load(args)
-    except CommandError as error:
-        return fail(str(error))
-    problems = validate(inventory.cluster_data())
-    if problems:
-        print_problems(stderr(), problems)
-        stderr().print("[bold red]not verifying:[/] fix the inventory first (oqcluster check)")
-        return EXIT_FAILED
-    try:
-        render_existing_config(inventory, inventory.cluster_data().masters[0], project.template)
+        render_existing_config(inventory, inventory.model().master, project.template)
     except SecretMissing as error:
         return fail(str(error))
     started = time.monotonic()

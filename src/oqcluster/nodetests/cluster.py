@@ -13,14 +13,14 @@ from typing import Any
 import pytest
 
 from oqcluster.inventory import Inventory
+from oqcluster.model import ClusterData, ClusterModel
 from oqcluster.project import find_project
-from oqcluster.rules import ClusterData
 
 
 @cache
-def load(path: str) -> tuple[Inventory, ClusterData]:
+def load(path: str) -> tuple[Inventory, ClusterData, ClusterModel]:
     inventory = Inventory([path], find_project().defaults)
-    return inventory, inventory.cluster_data()
+    return inventory, inventory.cluster_data(), inventory.model()
 
 
 def inventory_path(config: pytest.Config) -> str:
@@ -38,7 +38,7 @@ class Cluster:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.inventory, self.data = load(path)
+        self.inventory, self.data, self.model = load(path)
         self.master = self.data.masters[0]
         self.workers = list(self.data.workers)
         self._hosts: dict[str, Any] = {}
@@ -47,7 +47,7 @@ class Cluster:
         return dict(self.data.hosts[name].values)
 
     def address(self, name: str) -> str:
-        return self.data.hosts[name].address()
+        return self.model.addresses[name]
 
     def var(self, name: str, variable: str, default: Any = None) -> Any:
         """A variable of any role as the inventory sets it (role defaults are not applied)."""

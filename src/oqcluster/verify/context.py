@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from oqcluster.inventory import Inventory
-from oqcluster.rules import MASTER_GROUP, WORKERS_GROUP
+from oqcluster.model import MASTER_GROUP, WORKERS_GROUP, ClusterModel
 from oqcluster.verify.remote import Node
 
 
@@ -19,6 +19,7 @@ class Context:
     workers: list[Node]
     settings: dict[str, Any]  # the master's evaluated oq_* values (cluster-wide ones agree)
     selected: frozenset[str]  # hosts matching --limit: their node checks run
+    model: ClusterModel  # the derived facts (addresses, allow-lists), as the roles read them
 
     @property
     def nodes(self) -> list[Node]:
@@ -36,15 +37,15 @@ def build_context(inventory_path: str, inventory: Inventory, limit: str | None) 
     """Nodes of the master and workers groups (workers filtered by --limit)."""
     if Path(inventory_path).exists():  # the node tests run from the project directory
         inventory_path = str(Path(inventory_path).resolve())
-    cluster = inventory.cluster_data()
-    master_name = cluster.masters[0]
+    cluster, model = inventory.cluster_data(), inventory.model()
+    master_name = model.master
     allowed = _limited(inventory, limit)
     nodes: dict[str, Node] = {}
     for name in cluster.cluster_hosts():
         settings = cluster.hosts[name]
         nodes[name] = Node(
             name=name,
-            address=settings.address(),
+            address=model.addresses[name],
             inventory=inventory_path,
             python=_python(inventory.raw_vars(name)),
             settings=dict(settings.values),
@@ -58,7 +59,7 @@ def build_context(inventory_path: str, inventory: Inventory, limit: str | None) 
     workers = [nodes[name] for name in cluster.workers if name in allowed]
     values = dict(cluster.hosts[master_name].values)
     return Context(inventory_path, inventory, nodes[master_name], workers, values,
-                   frozenset(allowed))
+                   frozenset(allowed), model)
 
 
 def _python(host_vars: dict[str, Any]) -> str:

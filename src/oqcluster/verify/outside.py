@@ -47,16 +47,31 @@ def refused_from_outside(ctx: Context) -> Iterator[CheckResult]:
         yield _check(target, outsider)
 
 
+# The allow-list rules (oqcluster.model) of the engine's ports, as this check names them;
+# NFS is checked by the node tests (its server binds every address in containers).
+ENGINE_RULES = {"dbserver": "dbserver", "receivers": "result receiver", "webui": "webui",
+                "workerpool": "workerpool control"}
+
+
 def targets(ctx: Context) -> list[Target]:
+    """One port of each engine rule in the model's allow-lists: the master's, then each
+    worker's that is not the master; the peer is an address that rule admits."""
     master, workers = ctx.master, [w for w in ctx.workers if w.name != ctx.master.name]
-    peer = workers[0] if workers else master
-    found = [Target(master, ctx.setting("oq_dbserver_port"), "dbserver", peer),
-             Target(master, ctx.setting("oq_receiver_port_last"), "result receiver", peer)]
-    if ctx.setting("oq_webui_enabled"):
-        found.append(Target(master, ctx.setting("oq_webui_port"), "webui", peer))
-    found += [Target(w, ctx.setting("oq_ctrl_port"), "workerpool control", master)
-              for w in workers]
+    found = []
+    for node in (master, *workers):
+        for rule in ctx.model.allow[node.name]:
+            if rule.name in ENGINE_RULES:
+                port = int(rule.port.split("-")[-1])
+                found.append(Target(node, port, ENGINE_RULES[rule.name],
+                                    _peer(ctx, node, rule.sources)))
     return found
+
+
+def _peer(ctx: Context, node: Node, sources: tuple[str, ...]) -> Node:
+    """A node whose address the rule admits, another one than `node` when there is one."""
+    admitted = [peer for peer in ctx.nodes if peer.address in sources]
+    others = [peer for peer in admitted if peer.name != node.name]
+    return (others or admitted or [node])[0]
 
 
 def control_address(destination: str) -> str | None:

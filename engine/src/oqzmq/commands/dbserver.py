@@ -7,20 +7,18 @@ import sys
 import time
 from pathlib import Path
 
+from oqzmq.commands import add_service
 from oqzmq.config import load_config
 from oqzmq.dbserver import DbClient, DbServerError, db_file, ping, serve
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    actions, start = add_service(
+        subparsers,
         "dbserver",
         help="run, stop or check the dbserver (calculation records and logs, port 1908)",
         description="The dbserver keeps calculation records, logs and task timings in SQLite "
         "([dbserver] file) and serves them to key holders on [dbserver] listen:port.",
-    )
-    actions = parser.add_subparsers(dest="dbserver_action", metavar="ACTION", required=True)
-    start = actions.add_parser(
-        "start", help="run in the foreground (systemd: Type=notify), until SIGTERM"
     )
     start.add_argument("--db", type=Path, help="SQLite file instead of [dbserver] file")
     start.set_defaults(handler=run_start)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from oqzmq.commands import add_service
 from oqzmq.config import Config, load_config
 from oqzmq.errors import UserError
 
@@ -12,15 +13,12 @@ INSTALL_HINT = "pip install 'oq-zmq-engine[webui]' (it adds starlette, uvicorn a
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    _, start = add_service(
+        subparsers,
         "webui",
         help="run the web interface (calculation list, logs, task timings; JSON API)",
         description="A read-only web interface on the dbserver's records. Bind it to the "
         "cluster network only: it has no login of its own.",
-    )
-    actions = parser.add_subparsers(dest="webui_action", metavar="ACTION", required=True)
-    start = actions.add_parser(
-        "start", help="run in the foreground (systemd: Type=notify), until SIGTERM"
     )
     start.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     start.add_argument("--port", type=int, default=8800, help="port (8800)")
