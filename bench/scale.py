@@ -113,8 +113,17 @@ def address(index: int) -> str:
     return f"{SUBNET}.{10 + index}"
 
 
+def close_ssh_masters(count: int = 32) -> None:
+    """End the ssh master connections Ansible and verify keep (ansible.cfg's ControlPersist)
+    to our addresses: the next cluster reuses the addresses, not the connections."""
+    for index in range(count + 1):
+        subprocess.run(["ssh", "-O", "exit", "-o", "ControlPath=~/.ansible/cp/%C",
+                        "-l", USER, address(index)], capture_output=True)
+
+
 def clean() -> None:
     """Remove every container, network and volume labelled by this benchmark."""
+    close_ssh_masters()
     containers = docker("ps", "-aq", "--filter", f"label={LABEL}").stdout.split()
     if containers:
         docker("rm", "-f", *containers, check=False)
@@ -332,14 +341,13 @@ def last_json(text: str) -> dict[str, Any] | None:
 
 
 def memory_mb(workers: int) -> float:
-    usage = docker("stats", "--no-stream", "--format", "{{.MemUsage}}", *names(workers)).stdout
-    total = 0.0
-    units = {"KiB": 1 / 1024, "MiB": 1, "GiB": 1024, "B": 1 / 1024 / 1024}
-    for line in usage.splitlines():
-        match = re.match(r"([\d.]+)(\w+)", line.strip())
-        if match:
-            total += float(match.group(1)) * units.get(match.group(2), 1)
-    return round(total)
+    """The resident memory of every process in the nodes (docker stats sees none: systemd, as
+    PID 1 with the host's cgroup namespace, moves the processes out of docker's cgroup)."""
+    total = 0
+    for name in names(workers):
+        rss = docker("exec", name, "ps", "-eo", "rss=", check=False).stdout.split()
+        total += sum(int(kb) for kb in rss if kb.isdigit())
+    return round(total / 1024)
 
 
 def tool(name: str) -> str:
