@@ -86,6 +86,15 @@ $(BENCH_STAMP): bench/requirements.lock engine/pyproject.toml
 bench: $(BENCH_STAMP) ## engine benchmark table (BENCH_ARGS="--quick --only 'oqzmq zmq,dask'")
 	$(BENCH_VENV)/bin/python bench/engine.py $(BENCH_ARGS)
 
+# --- provisioning at scale (bench/scale.py): 1 master + N workers in containers reached over
+# ssh (a sudo user, a key generated for the run, pinned host keys), timed: first converge,
+# no-change re-run (must be changed=0), oqcluster verify, the demo over all workers. Not in CI.
+SCALE_ARGS ?=
+
+.PHONY: bench-scale
+bench-scale: venv image ## provisioning time vs workers (SCALE_ARGS="--workers 2,4 --json FILE")
+	$(BIN)/python bench/scale.py $(SCALE_ARGS)
+
 .PHONY: bench-profile
 bench-profile: $(BENCH_STAMP) ## CPU per task of the master, workerpool and workers (zmq mode)
 	$(BENCH_VENV)/bin/python bench/cpuprofile.py $(BENCH_ARGS)
