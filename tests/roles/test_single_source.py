@@ -4,6 +4,7 @@ role, template or other module derives an address again."""
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 from typing import Any
@@ -59,14 +60,18 @@ def config_addresses(text: str) -> tuple[str, list[str]]:
 
 
 def ssh_pins(r: Any) -> list[list[str]]:
-    """The [name, key] pairs oq_ssh pins in the master's known_hosts, for fake host keys."""
+    """The [name, key] pairs oq_ssh pins in the master's known_hosts, for fake host keys
+    (each worker's own, as its "Read each worker's ed25519 host key" task registers it)."""
     tasks = yaml.safe_load((ROLES / "oq_ssh" / "tasks" / "main.yml").read_text())
     pin = next(task for task in tasks if task["name"].startswith("Pin every worker"))
     variables = r.variables("m1", "oq_ssh", "Debian")
-    variables["oq_ssh_host_keys"] = {
-        "results": [{"item": name, "content": f"key-of-{name}"} for name in ("w1", "w2")]
+    variables["hostvars"] = {
+        name: {"oq_ssh_host_key": {"content": base64.b64encode(
+            f"ssh-ed25519 key-of-{name} root@{name}\n".encode()).decode()}}
+        for name in ("w1", "w2")
     }
-    return [list(pair) for pair in r.value(pin["vars"]["oq_ssh_pins"], variables)]
+    lines = r.value(pin["vars"]["oq_ssh_wanted"], variables)
+    return [line.split(" ", 1) for line in lines]
 
 
 def observed(r: Any, inventory_dir: Path) -> dict[str, Any]:

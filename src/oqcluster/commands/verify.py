@@ -20,6 +20,7 @@ from oqcluster.commands.common import (
 from oqcluster.inventory import Inventory
 from oqcluster.project import Project
 from oqcluster.render import SecretMissing, render_existing_config
+from oqcluster.verify.remote import SESSIONS_PER_HOST, limit_sessions
 from oqcluster.verify.results import verdict
 
 # Said with every report on a real-engine cluster: what the firewall cannot fix.
@@ -57,6 +58,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="exit 0 even when security checks could not run (they are still "
                         "reported as not checked)")
     parser.add_argument("--jobs", type=int, default=8, help="checks run at once (default 8)")
+    parser.add_argument("--sessions-per-host", type=int, default=SESSIONS_PER_HOST,
+                        metavar="N",
+                        help="commands run at once on one host (default "
+                        f"{SESSIONS_PER_HOST}: below sshd's MaxSessions, 10 by default)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show what every passing check found, and the checks not for "
                         "their node")
@@ -77,6 +82,7 @@ def _verify(args: argparse.Namespace, project: Project, inventory: Inventory) ->
         render_existing_config(inventory, inventory.model().master, project.template)
     except SecretMissing as error:
         return fail(str(error))
+    limit_sessions(max(1, args.sessions_per_host))
     started = time.monotonic()
     ctx = build_context(args.inventory[0], inventory, args.limit)
     vault_file = args.vault_password_file[0] if args.vault_password_file else None

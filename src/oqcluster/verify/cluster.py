@@ -17,7 +17,7 @@ from oqcluster.verify.results import ENGINE_RELEASE_FIX, CheckResult, failed, js
 
 CONFIG_FILE = "openquake.cfg"
 LISTEN_SECONDS = 30
-PARALLEL_WORKERS = 16  # connections opened at once per check
+PARALLEL_WORKERS = 16  # workers checked at once per check (Node caps the sessions per host)
 # openquake.cfg values every node must share (section, key).
 AGREEING_KEYS = (
     ("distribution", "oq_distribute"),

@@ -10,6 +10,7 @@ import json
 import os
 import shlex
 import sys
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -50,6 +51,38 @@ while time.monotonic() < deadline:
     except OSError:
         pass
 """
+
+
+# Commands running at once on one host. Through ssh every command is a session, and with
+# ssh multiplexing (ansible.cfg) all of a host's sessions share one connection, on which
+# sshd refuses more than MaxSessions (default 10: "Session open refused by peer"); without
+# it, MaxStartups drops concurrent new connections. Verify's checks and their per-worker
+# probes would otherwise open 30 and more at once on the master of a 16-worker cluster.
+# 6 leaves room for the node tests' pytest run (one session at a time on a host) and for
+# someone else's ssh session or Ansible run on the same connection.
+SESSIONS_PER_HOST = 6
+_sessions: dict[str, threading.BoundedSemaphore] = {}
+_sessions_guard = threading.Lock()
+_sessions_limit = SESSIONS_PER_HOST
+
+
+def limit_sessions(per_host: int) -> None:
+    """At most `per_host` commands at once on each host, from now on (the CLI's
+    --sessions-per-host)."""
+    global _sessions_limit
+    if per_host < 1:
+        raise ValueError(f"sessions per host must be 1 or more, not {per_host}")
+    with _sessions_guard:
+        _sessions_limit = per_host
+        _sessions.clear()
+
+
+def host_sessions(name: str) -> threading.BoundedSemaphore:
+    """The one semaphore of the host `name`, shared by every Node of that name."""
+    with _sessions_guard:
+        if name not in _sessions:
+            _sessions[name] = threading.BoundedSemaphore(_sessions_limit)
+        return _sessions[name]
 
 
 def ensure_ansible_on_path() -> None:
@@ -93,7 +126,10 @@ class Node:
         return self.run("id -un").stdout.strip()
 
     def run(self, command: str, *args: object) -> Output:
-        result = self.host.run(command, *(str(arg) for arg in args))
+        """`command` on the node, waiting while the node has SESSIONS_PER_HOST running."""
+        host = self.host  # connect (read the inventory) outside the session slot
+        with host_sessions(self.name):
+            result = host.run(command, *(str(arg) for arg in args))
         return Output(result.rc, result.stdout, result.stderr)
 
     def run_as(self, user: str, command: str, *args: object) -> Output:
