@@ -76,6 +76,15 @@ def test_workers_report_hosts_that_are_down(
     assert "ssh is not installed" in capsys.readouterr().out
 
 
+def test_demo_tasks_holding_memory_give_the_same_curves(config: Config) -> None:
+    """``oqz run demo --task-memory-mb``: each task holds that much more, results unchanged."""
+    reference = run_demo(config, "tiny", seed=7, distribute="no")
+    result = run_demo(config, "tiny", seed=7, distribute="zmq", task_memory_mb=50)
+    assert result.checksum == reference.checksum
+    _, task_info = read_performance(result.path)
+    assert len(task_info) == 4 and min(task_info["memory_mb"]) > 50
+
+
 @pytest.mark.parametrize("mode", ["no", "processpool", "zmq"])
 def test_demo_is_deterministic_in_every_mode(config: Config, mode: str) -> None:
     result = run_demo(config, "tiny", seed=7, distribute=mode)

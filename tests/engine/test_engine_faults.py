@@ -7,6 +7,7 @@ README's "Faults" section. The bounds asserted are generous (the machine is shar
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -220,6 +221,63 @@ def test_a_consumer_slower_than_the_pool_timeout_is_not_taken_for_silent_pools(
             time.sleep(4.5)  # the other results wait in the receiver meanwhile
     assert sorted(results) == [i * i for i in range(6)]
     assert monitor.retries == []
+
+
+def test_a_pool_that_thaws_mid_calculation_takes_back_its_share_of_the_queued_tasks(
+    cluster: Cluster, config: Config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Host 127.0.0.3 freezes (SIGSTOP) with its part of 12 tasks: they move to 127.0.0.2,
+    where most wait in the queue behind its 2 busy workers. The host thaws while they wait:
+    its pool rejoins and 127.0.0.2 gives back its share of the tasks not started there
+    (attempt 0 in task_retries), which then run on 127.0.0.3."""
+    gate, ready = tmp_path / "gate", tmp_path / "ready"
+    ready.touch()
+    monitor = Monitor("rejoin", tmp_path / "calc.hdf5")
+    smap = Starmap(wait_for_file, monitor=monitor, distribute="zmq", pool_timeout=4)
+    smap.submit(str(ready), 0)  # the Starmap meets its pools
+    pid = cluster.pool_pid("127.0.0.3")
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        for value in range(1, 13):
+            smap.submit(str(gate), value)
+        paused = time.monotonic()
+        thaw = threading.Thread(target=thaw_when_dropped_open_when_dealt,
+                                args=(smap, monitor, pid, gate), daemon=True)
+        thaw.start()
+        with caplog.at_level(logging.WARNING, logger="oqzmq.parallel"):
+            assert sorted(smap) == list(range(13))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    report("pool SIGSTOP -> SIGCONT after its drop -> all 13 tasks done",
+           time.monotonic() - paused)
+    lost = [r for r in monitor.retries if r.attempt == 1]
+    dealt = [r for r in monitor.retries if r.attempt == 0]
+    assert lost and {(r.from_host, r.to_host) for r in lost} == {("127.0.0.3", "127.0.0.2")}
+    assert dealt and {(r.from_host, r.to_host) for r in dealt} == {("127.0.0.2", "127.0.0.3")}
+    assert all("rejoined" in r.reason for r in dealt)
+    hosts = {t.task_no: t.host for t in monitor.tasks}
+    assert all(hosts[r.task_no] == "127.0.0.3" for r in dealt)  # they ran where dealt
+    assert "answers again: it rejoins" in caplog.text
+    assert f"task(s) of {smap.name} move from host 127.0.0.2 to 127.0.0.3" in caplog.text
+    import h5py
+
+    with h5py.File(tmp_path / "calc.hdf5") as h5:
+        rows = h5["task_retries"][:]
+    assert sorted(rows["attempt"][rows["to_host"] == b"127.0.0.3"]) == [0] * len(dealt)
+
+
+def thaw_when_dropped_open_when_dealt(smap: Starmap, monitor: Monitor, pid: int,
+                                      gate: Path) -> None:
+    """SIGCONT once the Starmap dropped the frozen pool; open the gate once queued tasks
+    were dealt to it (or after 60 s, so that the test ends and fails)."""
+    deadline = time.monotonic() + 60
+    while "127.0.0.3" in smap.live_hosts and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGCONT)
+    while (not any(r.attempt == 0 for r in monitor.retries)
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    gate.touch()
 
 
 def test_the_tasks_of_a_killed_pool_move_and_its_restarted_pool_rejoins(

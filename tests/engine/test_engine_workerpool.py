@@ -80,6 +80,21 @@ def test_the_queue_hands_out_tasks_in_order_and_counts_them() -> None:
     assert len(queue) == 0 and not list(queue)
 
 
+def test_the_queue_releases_the_last_queued_tasks_of_one_calculation() -> None:
+    queue = BatchQueue()
+    a1, expected = encoded_batch([0, 1, 2], "a")
+    queue.append(a1)
+    queue.append(encoded_batch([10, 11], "b")[0])
+    queue.append(encoded_batch([3, 4], "a")[0])
+    assert queue.release("a", 3) == [2, 3, 4]  # from the end, in queue order
+    assert [(b.token, b.task_nos) for b in queue] == [("a", [0, 1]), ("b", [10, 11])]
+    assert len(queue) == 4
+    assert forwarded(next(iter(queue))) == expected[:2]  # what stays is intact
+    assert queue.release("a", 5) == [0, 1]  # no more than it holds
+    assert queue.release("c", 1) == []
+    assert [b.task_nos for b in queue] == [[10, 11]] and len(queue) == 2
+
+
 def test_prefetch_depth_follows_the_task_duration() -> None:
     assert prefetch_depth(1e-6) == PREFETCH_MAX  # tiny tasks: many per message
     assert PREFETCH_MIN < prefetch_depth(0.002) < PREFETCH_MAX

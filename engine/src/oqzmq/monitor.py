@@ -11,7 +11,9 @@ calculation's HDF5 datastore:
                  nresults
 ``task_retries`` one row per re-run of a task (see :mod:`oqzmq.parallel`): task_no,
                  operation, from_host (where it was lost), to_host, attempt (1 = first re-run),
-                 reason (why it was lost: the worker killed, out of memory, the pool silent)
+                 reason (why it was lost: the worker killed, out of memory, the pool silent);
+                 attempt 0: not a re-run but a task still queued on from_host, never
+                 started, dealt to to_host, a workerpool that rejoined the calculation
 
 ``memory_mb`` is the peak resident memory of the process that ran the block (``ru_maxrss``):
 what a sysadmin needs to size worker RAM.

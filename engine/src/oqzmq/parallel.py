@@ -29,10 +29,15 @@ task, the host and the remote traceback. Faults (see "Faults" in the engine's RE
 * a workerpool silent for ``pool_timeout`` seconds (host gone, frozen) is dropped from the
   Starmap and its outstanding tasks re-run on the other pools (the same bound); with no pool
   left the iteration ends with :class:`WorkerLost`. A dropped pool is pinged every
-  ``PROBE_INTERVAL`` s and rejoins (takes re-run and new tasks) when it answers again;
+  ``PROBE_INTERVAL`` s and rejoins when it answers again: it takes re-runs and new tasks, and
+  the other pools give back its share of the tasks still queued there, not started
+  (:class:`~oqzmq.protocol.Release`), which are dealt to it (a task of ``submit_to`` stays on
+  its host);
 * every move is logged (a warning, which reaches the calculation's log) and recorded in the
-  datastore's ``task_retries`` table; a re-run generator task's partial results already
-  received from its lost run are skipped (tasks must be deterministic, as OpenQuake's are);
+  datastore's ``task_retries`` table (``attempt`` 0: a queued task dealt to a rejoined pool,
+  not a re-run: it does not count against ``task_retries``); a re-run generator task's
+  partial results already received from its lost run are skipped (tasks must be
+  deterministic, as OpenQuake's are);
 * a thread of this process renews the lease of its live Starmaps on their pools every
   ``LEASE_INTERVAL`` s: when the process dies, the pools drop its tasks (LEASE_TIMEOUT);
 * ``[memory]`` limits are checked on this host while results arrive, as the real engine
@@ -67,7 +72,17 @@ from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
 from oqzmq.memory import MemoryLimits
 from oqzmq.monitor import Monitor, OperationStats, TaskRecord, TaskRetry, peak_memory_mb
 from oqzmq.poolclient import PING_TIMEOUT, PoolHandle, connect_pool, ping_pools
-from oqzmq.protocol import Cancel, Heartbeat, Lease, Ping, Pong, Report, ResultBatch
+from oqzmq.protocol import (
+    Cancel,
+    Heartbeat,
+    Lease,
+    Ping,
+    Pong,
+    Release,
+    Released,
+    Report,
+    ResultBatch,
+)
 from oqzmq.worker import execute, stats_from_report, task_name
 
 log = logging.getLogger(__name__)
@@ -214,6 +229,7 @@ class Starmap:
         self._yielded: dict[int, int] = {}  # task_no -> partial results received
         self._skip: dict[int, int] = {}  # wire -> partial results of a re-run still to drop
         self._wires = itertools.count(-1, -1)
+        self._pinned: set[int] = set()  # tasks of submit_to: never dealt to another pool
         self._buffers = protocol.ReceiveBuffers()  # large results are joined into these
         for args in iterargs:
             self.submit(*args)
@@ -251,8 +267,10 @@ class Starmap:
             except BaseException:
                 self.shutdown()  # no socket or context left behind (PortsExhausted, ...)
                 raise
-        if self.task_retries or self.config.oom_retries:  # kept to re-run the task if lost
+        if self.task_retries or self.config.oom_retries:  # kept to re-run or move the task
             self._args[task_no] = frames
+        if host is not None:
+            self._pinned.add(task_no)
         self._send_task(self._choose_pool(host), task_no, task_no, frames)
         return task_no
 
@@ -483,7 +501,9 @@ class Starmap:
         for pool in self._pools:
             if not pool.alive:
                 self._probe(pool, now)
-            elif pool.outstanding and now - pool.last_heard > self.pool_timeout:
+                continue
+            self._read_replies(pool)
+            if pool.outstanding and now - pool.last_heard > self.pool_timeout:
                 self._drop_pool(pool, now)
 
     def _drop_pool(self, pool: PoolHandle, now: float) -> None:
@@ -507,19 +527,67 @@ class Starmap:
             self._rerun(task_no, "lost", None, pool.host, why)
 
     def _probe(self, pool: PoolHandle, now: float) -> None:
-        """Ping a dropped pool; when it answers, it rejoins (takes re-runs and new tasks)."""
-        while pool.sock.poll(0):
-            reply = protocol.recv(pool.sock, pool.verifier)
-            if reply is not None and reply.kind == Pong.KIND:
+        """Ping a dropped pool; when it answers, it rejoins (takes re-runs and new tasks, and
+        its share of the tasks still queued on the other pools)."""
+        for reply in _replies(pool):
+            if reply.kind == Pong.KIND:
                 pool.heard_pong(Pong.from_meta(reply.meta))
                 pool.alive = True
                 log.warning("workerpool on host %s answers again: it rejoins %s", pool.host,
                             self.name)
+                self._rebalance(pool)
                 return
         if now - pool.last_ping >= PROBE_INTERVAL:
             pool.last_ping = now
             with contextlib.suppress(zmq.ZMQError):
                 protocol.send_nowait(pool.sock, pool.signer, Ping())
+
+    def _rebalance(self, joined: PoolHandle) -> None:
+        """Ask every other live pool to give back the rejoined pool's share of its tasks (those
+        still queued there, not started): :meth:`_take_released` deals them to it."""
+        if not self._args:  # task_retries = oom_retries = 0: arguments not kept, no moves
+            return
+        live = [p for p in self._pools if p.alive]
+        total_size = sum(p.size for p in live)
+        for pool in live:
+            count = pool.outstanding * joined.size // total_size
+            if pool is not joined and count:
+                with contextlib.suppress(zmq.ZMQError):
+                    pool.send(Release(self.token, count))
+
+    def _read_replies(self, pool: PoolHandle) -> None:
+        """Replies a live pool sent on its control socket: :class:`Released` tasks."""
+        for reply in _replies(pool):
+            if reply.kind == Released.KIND:
+                released = Released.from_meta(reply.meta)
+                if released.token == self.token and released.task_nos:
+                    self._take_released(pool, released.task_nos)
+
+    def _take_released(self, source: PoolHandle, wires: list[int]) -> None:
+        """Deal the tasks ``source`` gave back (queued, never started there) to the least
+        loaded other pool (a pool that rejoined); a task sent to ``source`` by
+        :meth:`submit_to` goes back to it."""
+        moved: dict[str, list[int]] = {}
+        for wire in wires:
+            task_no = self._live_task(wire)
+            if (task_no is None or task_no in self._done or task_no not in self._args
+                    or self._outstanding.get(task_no) is not source):
+                continue
+            self._outstanding.pop(task_no)
+            source.outstanding -= 1
+            target = source if task_no in self._pinned else self._choose_pool(
+                None, avoid=source.host)
+            self._send_task(target, task_no, wire, self._args[task_no])
+            if target is not source:
+                moved.setdefault(target.host, []).append(task_no)
+        for host, tasks in moved.items():
+            reason = (f"queued on host {source.host}, not started: dealt to the workerpool "
+                      f"on host {host}, which rejoined the calculation")
+            log.warning("%d task(s) of %s move from host %s to %s (tasks %s): %s", len(tasks),
+                        self.name, source.host, host, _short(tasks), reason)
+            for task_no in tasks:
+                self.monitor.add_retry(TaskRetry(task_no, self.name, source.host, host, 0,
+                                                 reason))
 
     def _rerun(self, task_no: int, kind: str, report: Report | None, host: str,
                reason: str = "") -> None:
@@ -554,6 +622,7 @@ class Starmap:
             pool.outstanding -= 1
         self._done.add(task_no)
         self._args.pop(task_no, None)
+        self._pinned.discard(task_no)
         self._yielded.pop(task_no, None)
         time_sec, nbytes, nresults, stats, error = report
         if kind == "error" or kind == "lost":
@@ -600,6 +669,14 @@ def _main_path() -> str | None:
     if path is None or getattr(main, "__spec__", None) is not None:
         return None  # interactive, or run with -m: the module is importable by name
     return os.path.abspath(path)
+
+
+def _replies(pool: PoolHandle) -> Iterator[protocol.Received]:
+    """The authenticated messages waiting on a pool's control socket (none blocks)."""
+    while pool.sock.poll(0):
+        reply = protocol.recv(pool.sock, pool.verifier)
+        if reply is not None:
+            yield reply
 
 
 def _elapsed(start: float) -> OperationStats:

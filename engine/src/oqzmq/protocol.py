@@ -401,6 +401,17 @@ class Cancel(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class Release(Message):
+    """Master -> workerpool: give back up to ``count`` tasks of a calculation still queued in
+    the pool (not yet sent to a worker process), taken from the end of the queue, for a pool
+    that rejoined the calculation. The pool answers :class:`Released`."""
+
+    KIND: ClassVar[str] = "release"
+    token: str
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
 class Lease(Message):
     """Master -> workerpool: the master of these calculations is alive (no reply)."""
 
@@ -429,6 +440,16 @@ class Pong(Message):
     host: str
     size: int
     pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Released(Message):
+    """The answer to :class:`Release`: the numbers (as submitted) of the tasks dropped from
+    the pool's queue; none of them ran or will run there."""
+
+    KIND: ClassVar[str] = "released"
+    token: str
+    task_nos: list[int]
 
 
 @dataclass(frozen=True, slots=True)

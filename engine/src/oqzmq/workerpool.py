@@ -12,6 +12,9 @@ Control messages (from a master's DEALER, every one authenticated; their names i
                               func: the pickled task function; body: the pickled arguments
                               of each task, nframes frames each - queued, no reply
     ("cancel", token)         drop the queued tasks of a calculation
+    ("release", token, count) give back up to count queued (not started) tasks of a
+                              calculation, from the end of the queue, for a pool that
+                              rejoined it; reply ("released", token, [task_no, ...])
     ("lease", [token, ...])   the master of these calculations is alive (every LEASE_INTERVAL
                               s, from a thread of its process); a calculation whose lease is
                               not renewed for LEASE_TIMEOUT s is cancelled: its master is gone
@@ -78,6 +81,8 @@ from oqzmq.protocol import (
     PoolStatus,
     Ready,
     Refused,
+    Release,
+    Released,
     ResultBatch,
     StatusQuery,
     Stop,
@@ -185,6 +190,24 @@ class BatchQueue:
         """Forget the first ``count`` tasks."""
         while count and self._tasks:
             count -= len(self.take(count))
+
+    def release(self, token: str, count: int) -> list[int]:
+        """Take up to ``count`` tasks of one calculation from the end of the queue; return
+        their numbers (in queue order)."""
+        kept: list[Batch] = []
+        released: list[int] = []
+        for batch in reversed(self._batches):
+            wanted = count - len(released)
+            if batch.token == token and wanted > 0:
+                if len(batch) <= wanted:
+                    released[:0] = batch.task_nos
+                    continue
+                batch, tail = batch.split(len(batch) - wanted)
+                released[:0] = tail.task_nos
+            kept.append(batch)
+        self.clear()
+        self.prepend(reversed(kept))
+        return released
 
     def remove(self, token: str) -> None:
         """Forget the tasks of one calculation."""
@@ -474,6 +497,9 @@ class WorkerPool:
         if command == Cancel.KIND:
             self._cancel(Cancel.from_meta(message.meta).token)
             return
+        if command == Release.KIND:
+            self._on_release(Release.from_meta(message.meta), message.envelope)
+            return
         if command == Lease.KIND:
             now = time.monotonic()
             self.leases.update((token, now) for token in Lease.from_meta(message.meta).tokens)
@@ -495,6 +521,13 @@ class WorkerPool:
                                      f"the task")
         else:
             self.queue.append(batch)
+
+    def _on_release(self, release: Release, envelope: Sequence[bytes]) -> None:
+        task_nos = self.queue.release(release.token, release.count)
+        log.info("calculation %s takes back %d queued task(s) for another pool",
+                 release.token, len(task_nos))
+        protocol.send(self.ctrl, self._ctrl_out, Released(release.token, task_nos),
+                      envelope=envelope)
 
     def _revoke_running(self, token: str) -> None:
         """Kill the worker processes busy only with tasks of a cancelled calculation (`oqz

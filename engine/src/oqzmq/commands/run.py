@@ -29,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sites", type=int, help="override the number of sites")
     parser.add_argument("--tasks", type=int, help="override the number of tasks")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--task-memory-mb", type=int, default=0, metavar="MB",
+                        help="every task holds MB more memory (written) while it computes: "
+                             "to try the workers' memory limits (results unchanged)")
     parser.add_argument("--distribute", choices=DISTRIBUTE_MODES,
                         help="override OQ_DISTRIBUTE / [distribution] oq_distribute")
     parser.add_argument("--calc-id", type=int,
@@ -47,10 +50,12 @@ def run_calculation(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name} must be at least 1 (got {value})")
+    if args.task_memory_mb < 0:
+        raise UserError(f"--task-memory-mb must be 0 or more (got {args.task_memory_mb})")
     config = load_config()
     if os.environ.get("OQ_DATABASE") == "none":  # no records at all: engine tests, benchmarks
         result = run_demo(config, args.size, args.seed, args.distribute, args.calc_id,
-                          args.sources, args.sites, args.tasks)
+                          args.sources, args.sites, args.tasks, args.task_memory_mb)
     else:
         if args.calc_id is not None:
             raise UserError("--calc-id needs OQ_DATABASE=none: the dbserver numbers the "
@@ -58,7 +63,7 @@ def run_calculation(args: argparse.Namespace) -> int:
         description = _description(args)
         with calculation(config, description, calculation_mode="demo") as calc:
             result = run_demo(config, args.size, args.seed, args.distribute, calc.id,
-                              args.sources, args.sites, args.tasks)
+                              args.sources, args.sites, args.tasks, args.task_memory_mb)
             calc.set_datastore(result.path)
     distribute = args.distribute or config.distribute
     if args.json:
@@ -81,6 +86,7 @@ def _outcome(result: DemoResult, distribute: str) -> dict[str, Any]:
         "tasks": sum(result.tasks_per_host.values()),
         "tasks_per_host": dict(sorted(result.tasks_per_host.items())),
         "reruns": result.moves,
+        "dealt_to_rejoined": result.dealt,
     }
 
 
@@ -95,6 +101,9 @@ def _print_outcome(result: DemoResult, distribute: str) -> None:
     if result.moves:
         print(f"re-runs:    {result.moves} (tasks lost with a worker or host; why: the log, "
               "and task_retries in the datastore)")
+    if result.dealt:
+        print(f"rejoined:   {result.dealt} queued tasks dealt to a workerpool that answered "
+              "again (task_retries, attempt 0)")
 
 
 def _description(args: argparse.Namespace) -> str:
