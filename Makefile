@@ -95,6 +95,15 @@ SCALE_ARGS ?=
 bench-scale: venv image ## provisioning time vs workers (SCALE_ARGS="--workers 2,4 --json FILE")
 	$(BIN)/python bench/scale.py $(SCALE_ARGS)
 
+# The same engine figures on the demo cluster (`make demo FLAVOR=oqzmq` first): tasks run in
+# the worker containers, results cross the Docker network to the master (real TCP).
+DEMO_MASTER ?= oq-demo-master
+CLUSTER_BENCH_ARGS ?=
+.PHONY: bench-cluster
+bench-cluster: ## oqz workers bench on the demo cluster (tiny tasks/s, large results MB/s)
+	docker exec $(DEMO_MASTER) runuser -u openquake -- /opt/openquake/venv/bin/oqz workers start
+	docker exec $(DEMO_MASTER) runuser -u openquake -- /opt/openquake/venv/bin/oqz workers bench $(CLUSTER_BENCH_ARGS)
+
 .PHONY: bench-profile
 bench-profile: $(BENCH_STAMP) ## CPU per task of the master, workerpool and workers (zmq mode)
 	$(BENCH_VENV)/bin/python bench/cpuprofile.py $(BENCH_ARGS)

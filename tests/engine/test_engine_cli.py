@@ -49,8 +49,32 @@ def test_json_is_refused_where_no_json_is_printed(
     config: Config, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["workers", "stop", "--json"]) == 2
-    assert "--json goes with status, not stop" in capsys.readouterr().err
+    assert "--json goes with status or bench, not stop" in capsys.readouterr().err
     assert main(["workers", "status", "--json"]) == 0  # the pools were not stopped
+
+
+def test_workers_bench_measures_results_from_every_pool(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["workers", "bench", "--tiny", "300", "--large", "6", "--large-mb", "2",
+                 "--repeat", "2", "--json"]) == 0
+    figures = json.loads(capsys.readouterr().out)
+    assert figures["repeat"] == 2
+    assert sum(figures["tiny"]["tasks_per_host"].values()) == 300
+    assert sum(figures["large"]["tasks_per_host"].values()) == 6
+    assert set(figures["tiny"]["tasks_per_host"]) == set(HOSTS)
+    assert figures["tiny"]["tasks_per_s"] > 0 and figures["large"]["mb_per_s"] > 0
+    assert main(["workers", "bench", "--tiny", "10", "--large", "1", "--large-mb", "1",
+                 "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny tasks:    10 in " in out and "large results: 1 x 1 MB in " in out
+
+
+def test_workers_bench_refuses_a_zero_count(
+    config: Config, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["workers", "bench", "--repeat", "0"]) == 2
+    assert "must be at least 1" in capsys.readouterr().err
 
 
 def test_workers_start_is_idempotent(config: Config, capsys: pytest.CaptureFixture[str]) -> None:

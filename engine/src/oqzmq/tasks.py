@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import socket
 
+import numpy as np
+
 from oqzmq.monitor import Monitor
 
 
@@ -17,3 +19,10 @@ def hostinfo(monitor: Monitor) -> tuple[str, int]:
 def echo(value: object, monitor: Monitor) -> object:
     """Return the argument unchanged (round-trip checks, benchmarks)."""
     return value
+
+
+def filled(n_floats: int, value: float, monitor: Monitor) -> np.ndarray:
+    """An array of ``n_floats`` float64 equal to ``value`` (``oqz workers bench``'s large
+    results: what travels back is the array, as out-of-band frames)."""
+    with monitor("filled"):
+        return np.full(n_floats, float(value))
