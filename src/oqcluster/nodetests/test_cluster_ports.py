@@ -39,28 +39,24 @@ def refused(what: str) -> bool:
 
 def dbserver_reachable(ctx: Context) -> Iterator[CheckResult]:
     """The dbserver listens on the master, and each worker gets through to it."""
-    port, master = ctx.setting("oq_dbserver_port"), ctx.master
-    local = master.probe(master.address, [port])[port]
-    if local != "open":
-        yield failed(master.name, f"dbserver listens on {master.address}:{port}", "open",
-                     local, "re-run site.yml --tags services (starts it); on "
-                     f"{master.name}: journalctl -u openquake-dbserver")
-        return
-    yield passed(master.name, f"dbserver listens on {master.address}:{port}", "open")
-    yield from _from_workers(ctx, port, f"reaches master {master.address}:{port} (dbserver)")
+    yield from _master_service_reachable(ctx, ctx.setting("oq_dbserver_port"), "dbserver")
 
 
 def webui_reachable(ctx: Context) -> Iterator[CheckResult]:
     """The webui listens on the master, and each worker (a cluster address) gets through."""
-    port, master = ctx.setting("oq_webui_port"), ctx.master
+    yield from _master_service_reachable(ctx, ctx.setting("oq_webui_port"), "webui")
+
+
+def _master_service_reachable(ctx: Context, port: int, service: str) -> Iterator[CheckResult]:
+    master = ctx.master
     local = master.probe(master.address, [port])[port]
     if local != "open":
-        yield failed(master.name, f"webui listens on {master.address}:{port}", "open", local,
-                     "re-run site.yml --tags services (starts it); on "
-                     f"{master.name}: journalctl -u openquake-webui")
+        yield failed(master.name, f"{service} listens on {master.address}:{port}", "open",
+                     local, "re-run site.yml --tags services (starts it); on "
+                     f"{master.name}: journalctl -u openquake-{service}")
         return
-    yield passed(master.name, f"webui listens on {master.address}:{port}", "open")
-    yield from _from_workers(ctx, port, f"reaches master {master.address}:{port} (webui)")
+    yield passed(master.name, f"{service} listens on {master.address}:{port}", "open")
+    yield from _from_workers(ctx, port, f"reaches master {master.address}:{port} ({service})")
 
 
 def receiver_ports_reachable(ctx: Context) -> Iterator[CheckResult]:
@@ -109,14 +105,21 @@ def _wait_open(node: Node, port: int, attempts: int = 10) -> bool:
 def _from_workers(ctx: Context, port: int, check: str) -> Iterator[CheckResult]:
     def probe(worker: Node) -> Iterator[CheckResult]:
         state = worker.probe(ctx.master.address, [port])[port]
-        if state == "open":
-            yield passed(worker.name, check, "open")
-        else:
-            yield failed(worker.name, check, "open", f"{state} (it is open on the master)",
-                         f"allow {port}/tcp from {worker.address} in {ctx.master.name}'s "
-                         f"firewall: {FIREWALL_FIX}")
+        yield _reached(worker.name, check, state, "master", port, worker.address,
+                       ctx.master.name)
 
     yield from per_worker(ctx, probe, skip_master=True)
+
+
+def _reached(
+    host: str, check: str, state: str, target: str, port: int, source: str, firewall: str
+) -> CheckResult:
+    """`source` got through to the `target`'s port (open there): passed, else the firewall
+    of the node `firewall` must admit it."""
+    if state == "open":
+        return passed(host, check, "open")
+    return failed(host, check, "open", f"{state} (it is open on the {target})",
+                  f"allow {port}/tcp from {source} in {firewall}'s firewall: {FIREWALL_FIX}")
 
 
 def workerpools_reachable(ctx: Context) -> Iterator[CheckResult]:
@@ -135,12 +138,8 @@ def workerpools_reachable(ctx: Context) -> Iterator[CheckResult]:
             yield passed(worker.name, check, "open (same node)")
             return
         state = ctx.master.probe(worker.address, [port])[port]
-        if state == "open":
-            yield passed(worker.name, check, "open")
-        else:
-            yield failed(worker.name, check, "open", f"{state} (it is open on the worker)",
-                         f"allow {port}/tcp from {ctx.master.address} in {worker.name}'s "
-                         f"firewall: {FIREWALL_FIX}")
+        yield _reached(worker.name, check, state, "worker", port, ctx.master.address,
+                       worker.name)
 
     yield from per_worker(ctx, probe)
 
