@@ -458,3 +458,28 @@ def test_json_table_and_junit_keep_the_outcomes_apart(tmp_path: Path) -> None:
     report.write_junit(junit, results, allow_unchecked=True)
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert cases["exports refuse nfsv3"].find("skipped") is not None
+
+
+def test_verify_tells_the_cross_node_run_its_workers_read_only_and_sessions(
+    project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oqcluster.nodetests.cluster import SESSIONS_ENV, Cluster
+    from oqcluster.verify import remote, runner
+
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    ctx = context(inventory)
+    remote.limit_sessions(3)
+    try:
+        assert runner.cluster_env(ctx, read_only=True) == {
+            WORKERS_ENV: "w1", SESSIONS_ENV: "3", READ_ONLY_ENV: "1"}
+        ctx.workers = []  # none reached
+        assert runner.cluster_env(ctx, read_only=False) == {WORKERS_ENV: "", SESSIONS_ENV: "3"}
+    finally:
+        remote.limit_sessions(remote.SESSIONS_PER_HOST)
+    cluster = Cluster(str(inventory))
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert cluster.probed_workers() == ["w1"]  # by hand, Molecule: every worker
+    monkeypatch.setenv(WORKERS_ENV, "")
+    assert cluster.probed_workers() == [] and cluster.remote_workers() == []
+    assert [w.name for w in Cluster(str(inventory)).context().workers] == []
+    assert cluster.workers == ["w1"]  # the allow-lists still know every worker
