@@ -21,8 +21,10 @@ from freeports import free_port_block
 
 from oqcluster.cli import main
 from oqcluster.inventory import Inventory
+from oqcluster.nodetests import test_cluster_config as config_checks
+from oqcluster.nodetests import test_cluster_ports as port_checks
+from oqcluster.nodetests import test_cluster_workerpools as pool_checks
 from oqcluster.project import find_project
-from oqcluster.verify import cluster as checks
 from oqcluster.verify.context import Context, build_context
 from oqcluster.verify.results import Status
 from oqcluster.verify.smoke import smoke_calculation
@@ -114,10 +116,10 @@ def test_smoke_calculation_runs_on_the_engine_and_counts_tasks_per_worker(
 
 def test_engine_ports_and_config_pass_on_a_running_engine(running_engine: Context) -> None:
     results = [
-        *checks.dbserver_reachable(running_engine),
-        *checks.workerpools_reachable(running_engine),
-        *checks.workerpools_answer(running_engine),
-        *checks.config_agrees(running_engine),
+        *port_checks.dbserver_reachable(running_engine),
+        *port_checks.workerpools_reachable(running_engine),
+        *pool_checks.workerpools_answer(running_engine),
+        *config_checks.config_agrees(running_engine),
     ]
 
     assert [r.status for r in results] == [Status.PASS] * 4, results

@@ -19,10 +19,16 @@ from freeports import free_port
 
 from oqcluster.cli import main
 from oqcluster.inventory import Inventory
+from oqcluster.nodetests import test_cluster_config as config_checks
+from oqcluster.nodetests import test_cluster_nfs as nfs_checks
+from oqcluster.nodetests import test_cluster_ports as port_checks
+from oqcluster.nodetests import test_cluster_ssh as ssh_checks
+from oqcluster.nodetests import test_cluster_workerpools as pool_checks
+from oqcluster.nodetests.cluster import READ_ONLY_ENV, WORKERS_ENV
 from oqcluster.project import find_project
-from oqcluster.verify import cluster as checks
 from oqcluster.verify import outside, report, smoke_openquake
 from oqcluster.verify.context import Context, build_context
+from oqcluster.verify.nodes import CLUSTER_TESTS, run_node_tests
 from oqcluster.verify.results import CheckResult, Status
 from oqcluster.verify.smoke import read_demo_outcome
 
@@ -67,9 +73,9 @@ def test_ports_are_probed_from_the_workers_and_from_the_master(
     closed = free_port()
     ctx = context(local_inventory(tmp_path, dbserver_port=listener, ctrl_port=closed))
 
-    dbserver = list(checks.dbserver_reachable(ctx))
-    receivers = list(checks.receiver_ports_reachable(ctx))
-    workerpool = list(checks.workerpools_reachable(ctx))
+    dbserver = list(port_checks.dbserver_reachable(ctx))
+    receivers = list(port_checks.receiver_ports_reachable(ctx))
+    workerpool = list(port_checks.workerpools_reachable(ctx))
 
     assert [(r.host, r.status) for r in dbserver] == [("m1", Status.PASS), ("w1", Status.PASS)]
     assert [(r.host, r.status, r.found) for r in receivers] == [("w1", Status.PASS, "open")]
@@ -83,7 +89,7 @@ def test_a_dbserver_that_does_not_listen_is_blamed_on_the_master(
 ) -> None:
     ctx = context(local_inventory(tmp_path, dbserver_port=free_port(), ctrl_port=free_port()))
 
-    [result] = checks.dbserver_reachable(ctx)
+    [result] = port_checks.dbserver_reachable(ctx)
 
     assert (result.host, result.status, result.found) == ("m1", Status.FAIL, "refused")
     assert "openquake-dbserver" in result.fix
@@ -92,7 +98,7 @@ def test_a_dbserver_that_does_not_listen_is_blamed_on_the_master(
 def test_ssh_check_reports_the_missing_account(project_root: Path, tmp_path: Path) -> None:
     ctx = context(local_inventory(tmp_path, free_port(), free_port()))
 
-    [result] = checks.ssh_master_to_workers(ctx)
+    [result] = ssh_checks.ssh_master_to_workers(ctx)
 
     assert result.status == Status.FAIL
     assert MISSING_USER in result.found
@@ -249,7 +255,7 @@ def test_shared_dir_check_reads_back_and_catches_a_writable_share(
                          .replace("  children:", f"    oq_shared_dir: {shared}\n  children:"))
     ctx = context(inventory)
 
-    results = {r.check: r for r in checks.shared_dir_visible(ctx)}
+    results = {r.check: r for r in nfs_checks.shared_dir_visible(ctx)}
 
     assert results[f"sees the master's {shared}"].status == Status.PASS
     writable = results["cannot write the shared dir (read-only export)"]
@@ -277,7 +283,7 @@ def test_config_agreement_names_the_one_node_that_differs(
     inventory.write_text(text)
     ctx = context(inventory)
 
-    results = {r.host: r for r in checks.config_agrees(ctx)}
+    results = {r.host: r for r in config_checks.config_agrees(ctx)}
 
     assert {name: r.status for name, r in results.items()} == {
         "m1": Status.PASS, "w1": Status.FAIL, "w2": Status.PASS}
@@ -293,11 +299,11 @@ def test_workers_status_json_becomes_states_per_address() -> None:
          "why": "port 1909 closed"},
     ]})
 
-    assert checks.read_workers_status(stdout) == {
+    assert pool_checks.read_workers_status(stdout) == {
         "10.0.0.11": "1 of 4 processes busy",
         "10.0.0.12": "not running: port 1909 closed",
     }
-    assert checks.read_workers_status("host running total queued\n") is None
+    assert pool_checks.read_workers_status("host running total queued\n") is None
 
 
 def test_outside_check_is_not_checked_from_a_cluster_address(
@@ -326,11 +332,61 @@ def test_outside_check_fails_every_port_that_answers_an_outsider(
                for r in results), results
 
 
-def test_the_bundled_engines_pool_checks_are_left_out_for_the_real_engine() -> None:
-    bundled = {check for _, check in checks.cluster_checks("oqzmq")}
-    real = {check for _, check in checks.cluster_checks("openquake")}
-    assert bundled - real == {checks.workerpools_reachable, checks.workerpools_answer}
-    assert outside.refused_from_outside in real
+def cross_node_results(
+    inventory: Path, **env: str
+) -> dict[tuple[str, str], CheckResult]:
+    """The cross-node tests as verify runs them (`-m cluster` on the master), by (host, check)."""
+    results = run_node_tests(str(inventory), ["m1"], ROOT, marker=CLUSTER_TESTS,
+                             extra_env={WORKERS_ENV: "w1", **env})
+    return {(r.host, r.check): r for r in results}
+
+
+@pytest.mark.slow
+def test_cross_node_tests_report_each_outcome_on_the_node_it_concerns(
+    project_root: Path, tmp_path: Path, listener: int
+) -> None:
+    """verify's pytest run of the test_cluster_* modules: one result per (node, check) of a
+    cross-node test, on that node; --read-only leaves the writing ones not checked."""
+    closed = free_port()
+    inventory = local_inventory(tmp_path, dbserver_port=listener, ctrl_port=closed)
+
+    results = cross_node_results(inventory, **{READ_ONLY_ENV: "1"})
+
+    assert results[("m1", f"dbserver listens on 127.0.0.1:{listener}")].status == Status.PASS
+    reach = results[("w1", f"reaches master 127.0.0.1:{listener} (dbserver)")]
+    assert (reach.status, reach.found) == (Status.PASS, "open")
+    pool = results[("w1", f"workerpool listens on 127.0.0.2:{closed}")]
+    assert (pool.status, pool.found) == (Status.FAIL, "refused")
+    assert "oqz workers start" in pool.fix
+    ssh = next(r for (host, check), r in results.items()
+               if host == "w1" and check.endswith("(BatchMode, pinned host key)"))
+    assert ssh.status == Status.FAIL and MISSING_USER in ssh.found
+    for writing in ("workers reach a result receiver port",
+                    "every worker reads what the master wrote in the shared dir"):
+        unchecked = results[("m1", writing)]
+        assert (unchecked.status, unchecked.security) == (Status.NOT_CHECKED, False)
+        assert "--read-only" in unchecked.found
+    assert not any(host == "m1" and "workerpool" in check and "listens" in check
+                   for host, check in results)  # the worker's outcome is on the worker
+
+
+@pytest.mark.slow
+def test_the_bundled_engines_pool_checks_are_left_out_for_the_real_engine(
+    project_root: Path, tmp_path: Path, listener: int
+) -> None:
+    inventory = local_inventory(tmp_path, dbserver_port=listener, ctrl_port=free_port())
+    inventory.write_text(inventory.read_text().replace(
+        "  children:", "    oq_engine_flavor: openquake\n  children:"))
+
+    results = cross_node_results(inventory)
+
+    for bundled_only in ("master reaches each workerpool port",
+                         "workerpools answer the masters authenticated ping"):
+        assert results[("m1", bundled_only)].status == Status.NOT_APPLICABLE
+    assert not any("workerpool" in check and host == "w1" for host, check in results)
+    assert results[("w1", f"reaches master 127.0.0.1:{listener} (dbserver)")].ok
+    receivers = [r for (host, check), r in results.items() if "(result receivers)" in check]
+    assert [r.host for r in receivers] == ["w1"]  # not --read-only: the writing checks ran
 
 
 def test_the_real_engines_probe_report_is_the_last_json_line() -> None:
@@ -402,3 +458,28 @@ def test_json_table_and_junit_keep_the_outcomes_apart(tmp_path: Path) -> None:
     report.write_junit(junit, results, allow_unchecked=True)
     cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
     assert cases["exports refuse nfsv3"].find("skipped") is not None
+
+
+def test_verify_tells_the_cross_node_run_its_workers_read_only_and_sessions(
+    project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from oqcluster.nodetests.cluster import SESSIONS_ENV, Cluster
+    from oqcluster.verify import remote, runner
+
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    ctx = context(inventory)
+    remote.limit_sessions(3)
+    try:
+        assert runner.cluster_env(ctx, read_only=True) == {
+            WORKERS_ENV: "w1", SESSIONS_ENV: "3", READ_ONLY_ENV: "1"}
+        ctx.workers = []  # none reached
+        assert runner.cluster_env(ctx, read_only=False) == {WORKERS_ENV: "", SESSIONS_ENV: "3"}
+    finally:
+        remote.limit_sessions(remote.SESSIONS_PER_HOST)
+    cluster = Cluster(str(inventory))
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    assert cluster.probed_workers() == ["w1"]  # by hand, Molecule: every worker
+    monkeypatch.setenv(WORKERS_ENV, "")
+    assert cluster.probed_workers() == [] and cluster.remote_workers() == []
+    assert [w.name for w in Cluster(str(inventory)).context().workers] == []
+    assert cluster.workers == ["w1"]  # the allow-lists still know every worker

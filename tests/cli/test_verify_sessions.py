@@ -17,7 +17,10 @@ from typing import Any
 
 import pytest
 
-from oqcluster.verify import cluster as checks
+from oqcluster.nodetests import test_cluster_config as config_checks
+from oqcluster.nodetests import test_cluster_nfs as nfs_checks
+from oqcluster.nodetests import test_cluster_ports as port_checks
+from oqcluster.nodetests import test_cluster_ssh as ssh_checks
 from oqcluster.verify import remote
 from oqcluster.verify.context import Context
 from oqcluster.verify.remote import Node
@@ -114,16 +117,17 @@ def test_limit_sessions_sets_the_cap_and_refuses_zero() -> None:
 
 
 def test_sixteen_workers_checked_at_once_keep_the_master_under_the_cap() -> None:
-    """The checks that run on the master once per worker (16 at once) and the ones that
-    run on every node, all at the same time, as verify's runner starts them."""
+    """The cross-node checks that run on the master once per worker (16 at once) and the
+    ones that run on every node, all at the same time (more than the cross-node tests'
+    pytest run, which runs them one after the other, ever does)."""
     hosts = CountingHosts()
     master = node("master", hosts)
     workers = [node(f"worker{i:02d}", hosts) for i in range(1, 17)]
     settings = {"oq_user": "openquake", "oq_ctrl_port": 1909, "oq_shared_dir": "/oq_shared"}
     ctx = Context("unused", None, master, workers, settings, frozenset(),  # type: ignore[arg-type]
                   None)  # type: ignore[arg-type]
-    calls = [checks.ssh_master_to_workers, checks.workerpools_reachable, checks.config_agrees,
-             checks.shared_dir_visible]
+    calls = [ssh_checks.ssh_master_to_workers, port_checks.workerpools_reachable,
+             config_checks.config_agrees, nfs_checks.shared_dir_visible]
 
     results: dict[str, list[Any]] = {}
 

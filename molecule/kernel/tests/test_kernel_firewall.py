@@ -1,10 +1,11 @@
-"""firewalld on real kernels: the master's cluster ports answer the workers and refuse a
-connection from outside the cluster network (through the VM's NAT interface, forwarded from
-the control node: see `forwards` in molecule/kernel/molecule.yml); a port the roles did not
-open is refused even to the cluster's own nodes.
+"""firewalld on real kernels: a cluster port of the master refuses a connection from outside
+the cluster network (through the VM's NAT interface, forwarded from the control node: see
+`forwards` in molecule/kernel/molecule.yml); a port the roles did not open is refused even
+to the cluster's own nodes.
 
-The workerpool port (refused to another worker) is checked by the packaged node tests
-(oqcluster/nodetests/test_cluster_network.py), which run here too."""
+The workers reaching the master's dbserver, webui and receiver ports, the master reaching
+each workerpool and another worker refused there are checked by the packaged node tests
+(oqcluster/nodetests/test_cluster_ports.py, NFS in test_cluster_nfs.py), which run here too."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from kernelprobes import Listener, python
 
 from oqcluster.nodetests.cluster import can_connect as connect
 from oqcluster.nodetests.expect import expect
-from oqcluster.nodetests.test_cluster_network import refused
+from oqcluster.nodetests.test_cluster_ports import refused
 
 FIX = "re-run site.yml --tags firewall; firewall-cmd --zone=oqcluster --list-all"
 # a port no role opens (the engine's ports are 1907-1920 and 8800)
@@ -62,19 +63,6 @@ def _forwards(name: str) -> dict[int, int]:
     forwards = json.loads(os.environ.get("KERNEL_FORWARDS") or "{}")
     pairs = [pair.split(":") for pair in forwards.get(name, "").split(",") if pair]
     return {int(guest): int(host) for host, guest in pairs}
-
-
-@pytest.mark.usefixtures("on_master")
-def test_workers_reach_the_masters_cluster_ports(cluster: Any) -> None:
-    oq = cluster.settings(cluster.master)
-    master = cluster.address(cluster.master)
-    ports = {"dbserver": oq["oq_dbserver_port"], "nfs": 2049}
-    if oq["oq_webui_enabled"]:
-        ports["webui"] = oq["oq_webui_port"]
-    for worker in cluster.remote_workers():
-        for what, port in ports.items():
-            ok, found = connect(cluster.node(worker), master, port)
-            expect(ok, f"{worker} -> {master}:{port} ({what}) connects", found, FIX)
 
 
 @pytest.mark.usefixtures("on_master")

@@ -2,25 +2,50 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+from collections.abc import Iterable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytest
 
-from oqcluster.verify.results import NOT_CHECKED_PREFIX, SECURITY_TAG
+from oqcluster.verify.results import NOT_CHECKED_PREFIX, SECURITY_TAG, CheckResult, Status
 
 SEPARATOR = " | "
 # `oqcluster verify` sets it to "report": a check that cannot run is skipped with a reason
 # verify turns into "not checked". Otherwise (pytest by hand, Molecule's verifier) a security
 # check that cannot run FAILS: nothing unproven passes.
 UNCHECKED_ENV = "OQCLUSTER_UNCHECKED"
+# A cross-node test's outcome per (node, check), as JSON in this property of its JUnit test
+# case: verify reports each on its node's line (verify.nodes), not one line for the test.
+RESULTS_PROPERTY = "oqcluster-results"
 PATTERN = re.compile(r"expected: (?P<expected>.*?) \| found: (?P<found>.*?) \| fix: (?P<fix>.*)")
 
 
 def expect(condition: bool, expected: object, found: object, fix: str) -> None:
     assert condition, message(expected, found, fix)
+
+
+def expect_each(item: pytest.Item, results: Iterable[CheckResult]) -> None:
+    """A cross-node test's outcomes, one per (node, check): recorded for verify's report,
+    and the test fails when any did not pass (with each one's expected | found | fix).
+
+    A not-checked security outcome fails under Molecule or pytest by hand, as not_checked()
+    does; under `oqcluster verify` it is reported as not checked."""
+    results = list(results)
+    item.user_properties.append((RESULTS_PROPERTY, json.dumps([r.as_dict() for r in results])))
+    report = os.environ.get(UNCHECKED_ENV) == "report"
+    unchecked = [r for r in results if r.status == Status.NOT_CHECKED]
+    bad = [r for r in results if r.status in (Status.FAIL, Status.ERROR)] + [
+        r for r in unchecked if r.security and not report]
+    if bad:
+        pytest.fail("\n".join(f"{r.host}: {r.check}: {message(r.expected, r.found, r.fix)}"
+                               for r in bad), pytrace=False)
+    if unchecked:
+        pytest.skip(f"{NOT_CHECKED_PREFIX}{unchecked[0].host}: {unchecked[0].found}"
+                    f"{SEPARATOR}fix: {unchecked[0].fix}")
 
 
 def not_checked(why: str, fix: str, security: bool) -> None:

@@ -61,7 +61,7 @@ def test_master_serves_nfs_and_the_webui_on_its_cluster_address(
     """On the cluster address, not on every interface (0.0.0.0 or ::). NFS-Ganesha 4.3
     binds every address whatever it is told: there the firewall rule that limits 2049 to
     the cluster must be live in the kernel instead. The dbserver's port is checked from the
-    workers (oqcluster verify's cluster checks)."""
+    workers (test_cluster_ports.py)."""
     address = cluster.address(node_name)
     ports = {2049: "NFS"} | ({oq["oq_webui_port"]: "webui"} if oq["oq_webui_enabled"] else {})
     listeners = host.socket.get_listening_sockets()

@@ -1,12 +1,16 @@
-"""Node checks: the packaged node test modules, run by pytest against groups of hosts.
+"""Node and cluster checks: the packaged node test modules, run by pytest.
 
 A pytest run costs CPU (Python, Ansible, the inventory read twice) while its remote
 commands mostly wait: hosts are split among at most one run per CPU (see split_hosts),
-the runs go in parallel, each result names its host.
+the runs go in parallel, each result names its host. The cross-node tests (marker
+`cluster`: the test_cluster_* modules) run in one more pytest run of their own, on the
+master, beside the others; each of their outcomes names the node it concerns (a JUnit
+property, expect.RESULTS_PROPERTY).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -14,17 +18,19 @@ import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from oqcluster import nodetests
-from oqcluster.nodetests.expect import UNCHECKED_ENV, parse
+from oqcluster.nodetests.expect import RESULTS_PROPERTY, UNCHECKED_ENV, parse
 from oqcluster.verify.remote import ensure_ansible_on_path
 from oqcluster.verify.results import CheckResult, Status, from_skip_reason
 
 NODETESTS = Path(nodetests.__file__).parent
 TIMEOUT_SECONDS = 300
 PARAMETERS = re.compile(r"\[(?P<params>.*)\]$")
+NODE_TESTS = "not cluster"  # pytest -m: the checks of each node, run on its own
+CLUSTER_TESTS = "cluster"  # pytest -m: the cross-node checks, run once from the master
 
 
 def split_hosts(hosts: Sequence[str], jobs: int) -> list[list[str]]:
@@ -33,25 +39,31 @@ def split_hosts(hosts: Sequence[str], jobs: int) -> list[list[str]]:
     return [list(hosts[index::runs]) for index in range(runs) if hosts[index::runs]]
 
 
-def node_test_command(inventory: str, hosts: Sequence[str], junit: Path) -> list[str]:
+def node_test_command(
+    inventory: str, hosts: Sequence[str], junit: Path, marker: str = NODE_TESTS
+) -> list[str]:
     return [
         sys.executable, "-m", "pytest", str(NODETESTS),
         "--hosts=" + ",".join(f"ansible://{host}" for host in hosts),
         f"--ansible-inventory={inventory}",
         f"--junitxml={junit}", "-q", "-p", "no:cacheprovider", "-o", "addopts=",
+        "-m", marker,
     ]
 
 
 def run_node_tests(
     inventory: str, hosts: Sequence[str], project_root: Path,
-    vault_password_file: str | None = None,
+    vault_password_file: str | None = None, marker: str = NODE_TESTS,
+    extra_env: Mapping[str, str] | None = None,
 ) -> list[CheckResult]:
-    """The node test modules against `hosts` in one pytest run, as CheckResults named after
-    the tests, each on its host."""
+    """The node test modules selected by `marker` against `hosts` in one pytest run, as
+    CheckResults named after the tests (or after a cross-node test's outcomes), each on
+    its host."""
     ensure_ansible_on_path()
     # a check that cannot run here says so with a skip that verify reports as "not checked"
     # (run by hand or by Molecule, the node tests fail such a security check instead)
-    env = {**os.environ, "OQCLUSTER_PROJECT": str(project_root), UNCHECKED_ENV: "report"}
+    env = {**os.environ, "OQCLUSTER_PROJECT": str(project_root), UNCHECKED_ENV: "report",
+           **(extra_env or {})}
     if vault_password_file:  # the node tests load the inventory as ansible.cfg would say
         env["ANSIBLE_VAULT_PASSWORD_FILE"] = str(Path(vault_password_file).resolve())
     with tempfile.TemporaryDirectory(prefix="oqcluster-verify-") as tmp:
@@ -59,7 +71,7 @@ def run_node_tests(
         started = time.monotonic()
         try:
             run = subprocess.run(
-                node_test_command(inventory, hosts, junit), cwd=project_root, env=env,
+                node_test_command(inventory, hosts, junit, marker), cwd=project_root, env=env,
                 capture_output=True, text=True, timeout=TIMEOUT_SECONDS, check=False,
             )
         except subprocess.TimeoutExpired:
@@ -71,11 +83,26 @@ def run_node_tests(
 
 
 def results_from_junit(hosts: Sequence[str], xml: str) -> list[CheckResult]:
-    """A result per test case, on the host of its `[ansible://HOST...]` parameter."""
+    """A result per test case, on the host of its `[ansible://HOST...]` parameter; a
+    cross-node test's outcomes instead, each on the node it names."""
     results = []
     for case in ET.fromstring(xml).iter("testcase"):
-        results.append(_result(_case_host(case.get("name", ""), hosts), case))
+        recorded = recorded_results(case)
+        if recorded is not None:
+            results += recorded
+        else:
+            results.append(_result(_case_host(case.get("name", ""), hosts), case))
     return results
+
+
+def recorded_results(case: ET.Element) -> list[CheckResult] | None:
+    """The outcomes a cross-node test recorded (expect.expect_each), None when it recorded
+    none (a plain test, or one that broke before it could: then its failure counts)."""
+    for prop in case.iter("property"):
+        if prop.get("name") == RESULTS_PROPERTY:
+            return [CheckResult(**{**item, "status": Status(item["status"])})
+                    for item in json.loads(prop.get("value", "[]"))]
+    return None
 
 
 def _case_host(test_name: str, hosts: Sequence[str]) -> str:

@@ -56,10 +56,11 @@ while time.monotonic() < deadline:
 # Commands running at once on one host. Through ssh every command is a session, and with
 # ssh multiplexing (ansible.cfg) all of a host's sessions share one connection, on which
 # sshd refuses more than MaxSessions (default 10: "Session open refused by peer"); without
-# it, MaxStartups drops concurrent new connections. Verify's checks and their per-worker
-# probes would otherwise open 30 and more at once on the master of a 16-worker cluster.
-# 6 leaves room for the node tests' pytest run (one session at a time on a host) and for
-# someone else's ssh session or Ansible run on the same connection.
+# it, MaxStartups drops concurrent new connections. The cross-node tests' per-worker probes
+# (nodetests, run with verify's Nodes) would otherwise open 16 and more at once on the
+# master of a 16-worker cluster. 6 leaves room for the pytest run of the master's own node
+# tests and verify's outside check (one session at a time each, in other processes that
+# share the connection) and for someone else's ssh session or Ansible run on it.
 SESSIONS_PER_HOST = 6
 _sessions: dict[str, threading.BoundedSemaphore] = {}
 _sessions_guard = threading.Lock()
@@ -75,6 +76,11 @@ def limit_sessions(per_host: int) -> None:
     with _sessions_guard:
         _sessions_limit = per_host
         _sessions.clear()
+
+
+def sessions_per_host() -> int:
+    """The cap now in force (limit_sessions)."""
+    return _sessions_limit
 
 
 def host_sessions(name: str) -> threading.BoundedSemaphore:

@@ -1,4 +1,5 @@
-"""Runs the node checks, the cluster checks and the smoke calculation, with progress."""
+"""Runs the node tests (each node's checks, and the cross-node checks from the master), the
+check from outside the cluster and the smoke calculation, with progress."""
 
 from __future__ import annotations
 
@@ -17,14 +18,16 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from oqcluster.verify.cluster import SECURITY_CHECKS, WRITING_CHECKS, cluster_checks
+from oqcluster.nodetests.cluster import READ_ONLY_ENV, SESSIONS_ENV, WORKERS_ENV
 from oqcluster.verify.context import Context
-from oqcluster.verify.nodes import run_node_tests, split_hosts
-from oqcluster.verify.remote import Node
+from oqcluster.verify.nodes import CLUSTER_TESTS, run_node_tests, split_hosts
+from oqcluster.verify.outside import refused_from_outside
+from oqcluster.verify.remote import Node, sessions_per_host
 from oqcluster.verify.results import CheckResult, Status, not_checked
 from oqcluster.verify.smoke import smoke_calculation
 
 CheckFunction = Callable[[Context], Iterable[CheckResult]]
+OUTSIDE = "ports: outside the cluster"
 
 
 def guarded(label: str, check: CheckFunction, ctx: Context) -> list[CheckResult]:
@@ -69,7 +72,9 @@ def run_all(
     ctx: Context, project_root: Path, jobs: int, console: Console,
     vault_password_file: str | None = None, read_only: bool = False, smoke: bool = True,
 ) -> list[CheckResult]:
-    """Every result, node checks first (by host), then cluster checks, then the smoke run."""
+    """Every result, by host: the node tests (each node's in runs of several hosts, the
+    cross-node ones in a run of their own on the master) and the outside check at once,
+    then the smoke run."""
     with _progress(console) as progress, ThreadPoolExecutor(max_workers=jobs) as pool:
         task = progress.add_task("reaching the nodes", total=1)
         unreachable = reachability(ctx, pool)
@@ -83,21 +88,21 @@ def run_all(
                                                         project_root, vault_password_file))
             for hosts in split_hosts(selected, jobs)
         ]
-        cluster_futures = [
-            _tracked(progress, pool, f"cluster: {label}",
-                     lambda label=label, check=check: guarded(label, check, ctx))
-            for label, check in cluster_checks(ctx.setting("oq_engine_flavor"))
-            if not (read_only and check in WRITING_CHECKS)
-        ]
-        results = unreachable + [
-            r for future in (*node_futures, *cluster_futures) for r in future.result()
-        ] + [
-            not_checked("cluster", label, "--read-only: this check writes on the nodes",
-                        "run verify without --read-only", security=check in SECURITY_CHECKS)
-            for label, check in cluster_checks(ctx.setting("oq_engine_flavor"))
-            if read_only and check in WRITING_CHECKS
-        ]
-        # after the cluster checks, not along: the receiver check may borrow a live
+        cluster_future = _tracked(
+            progress, pool, "cluster checks (from the master)",
+            lambda: run_node_tests(ctx.inventory_path, [ctx.master.name], project_root,
+                                   vault_password_file, CLUSTER_TESTS,
+                                   cluster_env(ctx, read_only)))
+        futures = [*node_futures, cluster_future]
+        if not read_only:  # the outside check opens temporary listeners on the nodes
+            futures.append(_tracked(progress, pool, f"cluster: {OUTSIDE}",
+                                    lambda: guarded(OUTSIDE, refused_from_outside, ctx)))
+        results = unreachable + [r for future in futures for r in future.result()]
+        if read_only:
+            results.append(not_checked("cluster", OUTSIDE,
+                                       "--read-only: this check writes on the nodes",
+                                       "run verify without --read-only", security=True))
+        # after the cross-node tests, not along: the receiver check may borrow a live
         # calculation's receiver port, which the smoke calculation closes when it ends
         if smoke and not read_only:
             future = _tracked(progress, pool, "smoke calculation",
@@ -108,6 +113,16 @@ def run_all(
             results.append(not_checked("cluster", "smoke calculation", f"{why} was given",
                                        f"run verify without {why}"))
     return sorted_by_host(results, ctx)
+
+
+def cluster_env(ctx: Context, read_only: bool) -> dict[str, str]:
+    """What the cross-node tests learn from verify: the workers to probe (reached, within
+    --limit), --read-only and --sessions-per-host."""
+    env = {WORKERS_ENV: ",".join(worker.name for worker in ctx.workers),
+           SESSIONS_ENV: str(sessions_per_host())}
+    if read_only:
+        env[READ_ONLY_ENV] = "1"
+    return env
 
 
 def sorted_by_host(results: list[CheckResult], ctx: Context) -> list[CheckResult]:

@@ -1,112 +1,73 @@
-"""Across nodes, from the master's run: the firewall refuses workers on each other's
-workerpool port, the master's pinned host keys, the NFS exports read with a userspace
-client (libnfs-utils; the kernel scenario also mounts them).
-
-What `oqcluster verify` checks from each vantage point on its own (workers reach the
-dbserver and the receiver ports, the master reaches each workerpool, ssh in BatchMode,
-the shared dir seen by every worker) is in oqcluster.verify.cluster, not here."""
+"""The master's shared dir and exports across nodes, from the master's run: what the master
+writes there each worker reads, unchanged and read-only; the NFS exports read with a
+userspace client (libnfs-utils; the kernel scenario also mounts them): listed workers read,
+writes refused, root squashed, NFSv3 refused, an unlisted client refused."""
 
 from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from oqcluster.nodetests.cluster import per_worker
 from oqcluster.nodetests.expect import as_root, expect, not_checked
-
-PROBE_UNIT = "oqcluster-verify-listener"
-FIREWALL_FIX = "re-run site.yml --tags firewall"
-# what can_connect prints when the connection fails: an OSError, from the network
-REFUSALS = ("ConnectionRefusedError", "ConnectionResetError", "TimeoutError", "timeout",
-            "OSError")
+from oqcluster.verify.context import Context
+from oqcluster.verify.remote import Node
+from oqcluster.verify.results import CheckResult, failed, passed
 
 
-def refused(what: str) -> bool:
-    """A connection attempt that failed in the network (refused, reset, timed out,
-    unreachable), not one that could not be tried (no python3, a crash)."""
-    return what.startswith(REFUSALS)
-
-
-@pytest.fixture
-def probe_listener(cluster: Any) -> Any:
-    """A throwaway TCP listener on the first worker's workerpool port (unless one runs).
-
-    Yields (worker, port) only once something listens there: a refusal proves nothing
-    about the firewall when nothing listens."""
-    worker = cluster.remote_workers()[0]
-    node = cluster.node(worker)
-    port = int(cluster.settings(worker)["oq_ctrl_port"])
-    address = cluster.address(worker)
-
-    def listening() -> bool:
-        return any(node.socket(f"tcp://{ip}:{port}").is_listening
-                   for ip in ("0.0.0.0", "::", address))
-
-    started = False
-    if not listening():
-        code = (
-            "import socket\ns=socket.socket()\n"
-            "s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
-            f"s.bind(('', {port}))\ns.listen()\n"
-            "while True:\n c, _ = s.accept()\n c.close()\n"
-        )
-        with as_root(node):
-            result = node.run("systemd-run --unit=%s --collect -p RuntimeMaxSec=60 python3 -c %s",
-                              PROBE_UNIT, code)
-        expect(result.rc == 0, f"a probe listener on {worker}:{port}", result.stderr.strip(),
-               f"systemctl status {PROBE_UNIT} on {worker}")
-        started = True
-        for _ in range(40):
-            if listening():
-                break
-            node.run("sleep 0.25")
+def shared_dir_visible(ctx: Context) -> Iterator[CheckResult]:
+    """A file the master writes in shared_dir is seen unchanged, and read-only, by workers."""
+    user, shared_dir = ctx.setting("oq_user"), ctx.setting("oq_shared_dir")
+    token = secrets.token_hex(16)
+    path = f"{shared_dir}/.oqcluster-verify-{token[:8]}"
+    wrote = ctx.master.run_as(user, "printf %s %s > %s", "%s", token, path)
+    if wrote.rc != 0:
+        yield failed(ctx.master.name, f"{user} writes in {shared_dir}", "written",
+                     wrote.text or f"rc {wrote.rc}",
+                     f"{shared_dir} must be owned by {user} with mode 2770: "
+                     "re-run site.yml --tags nfs")
+        return
     try:
-        expect(listening(), f"something listening on {worker}:{port} to probe",
-               "nothing listens (the probe listener did not come up)",
-               f"systemctl status {PROBE_UNIT}; journalctl -u {PROBE_UNIT} on {worker}")
-        yield worker, port
+        yield from per_worker(ctx, lambda worker: _shared_file_on_worker(worker, user, path, token),
+                              skip_master=True)
     finally:
-        if started:
-            with as_root(node):
-                node.run("systemctl stop %s", PROBE_UNIT)
+        ctx.master.run_as(user, "rm -f %s", path)
 
 
+def _shared_file_on_worker(worker: Node, user: str, path: str, token: str) -> Iterator[CheckResult]:
+    read = worker.run_as(user, "cat %s", path)
+    check = f"sees the master's {path.rsplit('/', 1)[0]}"
+    if read.rc == 0 and read.stdout == token:
+        yield passed(worker.name, check, "same content")
+    else:
+        yield failed(worker.name, check, "the file the master just wrote, unchanged",
+                     read.text or f"rc {read.rc}",
+                     "mount the master's export here: re-run site.yml --tags nfs; "
+                     "findmnt on the worker")
+    probe = f"{path}.{worker.name}"
+    wrote = worker.run_as(user, "touch %s", probe)
+    check = "cannot write the shared dir (read-only export)"
+    if wrote.rc != 0:
+        yield passed(worker.name, check, "write refused")
+    else:
+        worker.run_as(user, "rm -f %s", probe)
+        yield failed(worker.name, check, "write refused", "write succeeded",
+                     "export and mount the shared dir read-only (ro): re-run site.yml --tags nfs")
+
+
+@pytest.mark.writes
 @pytest.mark.usefixtures("on_master")
-def test_workerpool_port_refuses_other_workers(
-    cluster: Any, connect: Any, probe_listener: tuple[str, int]
+def test_every_worker_reads_what_the_master_wrote_in_the_shared_dir(
+    across: Context, report: Any
 ) -> None:
-    """Only the master may open a workerpool port: the master gets through to the listener
-    (the positive twin), then another worker is refused by the same listener."""
-    worker, port = probe_listener
-    others = [name for name in cluster.remote_workers() if name != worker]
-    if not others:
-        pytest.skip("a second worker is needed to try the port from an unlisted address")
-    target = cluster.address(worker)
-    ok, what = connect(cluster.node(cluster.master), target, port)
-    expect(ok, f"the master -> {worker} {target}:{port} connects (allowed address)", what,
-           f"the firewall of {worker} must let the master in: {FIREWALL_FIX}")
-    ok, what = connect(cluster.node(others[0]), target, port)
-    expect(not ok and refused(what),
-           f"{others[0]} -> {worker} {target}:{port} refused (not the master)",
-           what, f"the firewall of {worker} lets other hosts in: {FIREWALL_FIX}")
-
-
-@pytest.mark.usefixtures("on_master")
-def test_workers_host_keys_are_pinned(cluster: Any) -> None:
-    master = cluster.node(cluster.master)
-    home = master.user(cluster.settings(cluster.master)["oq_user"]).home
-    with as_root(master):
-        known = master.file(f"{home}/.ssh/known_hosts").content_string.splitlines()
-    for worker in cluster.remote_workers():
-        key = cluster.node(worker).file("/etc/ssh/ssh_host_ed25519_key.pub").content_string
-        wanted = " ".join(key.split()[:2])
-        address = cluster.address(worker)
-        pinned = [line for line in known if line.split(" ", 1)[0].split(",")[0] == address]
-        expect(any(wanted in line for line in pinned),
-               f"{worker}'s ed25519 host key pinned for {address}",
-               pinned or "no entry", "re-run site.yml --tags ssh")
+    """The shared dir seen by the engine's account on each worker, as the engine needs it
+    (the bind of the container scenario, the kernel mount of the VMs); the exports themselves
+    are probed over NFS below."""
+    report(shared_dir_visible(across))
 
 
 def _nfs_url(cluster: Any, path: str, uid: int, gid: int, version: int = 4) -> str:
