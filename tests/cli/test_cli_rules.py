@@ -86,12 +86,32 @@ def test_a_good_cluster_has_no_problem() -> None:
         ({"oq_authkey": "changeme"}, "oq_authkey"),
         ({"oq_authkey": "short-secret"}, "oq_authkey"),
         ({"oq_user": "Open Quake"}, "oq_user"),
+        ({"oq_users_list": "alice"}, "oq_users_list"),
+        ({"oq_users_list": ["alice"]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "Alice Smith"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice"}, {"name": "alice"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "openquake"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "root"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "create": "yes"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "uid": 2001}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "create": True, "uid": 65534}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "groups": ["sudo"]}]}, "oq_users_list"),
+        ({"oq_admin_users": "openquake"}, "oq_admin_users"),
+        ({"oq_admin_users": ["Open Quake"]}, "oq_admin_users"),
     ],
 )
 def test_each_cluster_setting_rule_reports_once_for_all_hosts(
     settings: dict[str, Any], variable: str
 ) -> None:
     assert problems_of(cluster(settings)) == [("all hosts", variable)]
+
+
+def test_cluster_users_and_the_manuals_shared_dir_home_are_accepted() -> None:
+    users = [{"name": "alice"}, {"name": "bob", "create": True, "uid": 2001}]
+    data = cluster({"oq_users_list": users, "oq_admin_users": ["openquake", "carol"],
+                    "oq_shared_dir": "/home", "oq_home": "/var/lib/openquake-home"})
+
+    assert problems_of(data) == []
 
 
 def test_a_disabled_webui_may_share_no_port_rule() -> None:
