@@ -538,6 +538,13 @@ def _cluster_users_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
         seen.add(name)
 
 
+def shared_engine_dir(shared_dir: str, user: str) -> str:
+    """The part of the shared dir the engine's account owns (mode 2770, setgid): the shared
+    dir itself, or <shared_dir>/<user> when the shared dir is /home (the manual's choice),
+    which holds everyone's home and is never handed to the engine's account."""
+    return f"{shared_dir.rstrip('/')}/{user}" if shared_dir.rstrip("/") == "/home" else shared_dir
+
+
 def _valid_account_name(value: Any) -> bool:
     if not isinstance(value, str) or not value or len(value) > 32:
         return False

@@ -190,3 +190,11 @@ def test_the_flavor_is_cluster_wide() -> None:
     problems = validate(cluster(per_host={"w2": {"oq_engine_flavor": "openquake"}}),
                         never_resolves)
     assert [p.variable for p in problems] == ["oq_engine_flavor"]
+
+
+def test_the_engine_owns_the_shared_dir_or_its_own_directory_in_a_shared_home() -> None:
+    from oqcluster.rules import shared_engine_dir
+
+    assert shared_engine_dir("/oq_shared", "openquake") == "/oq_shared"
+    assert shared_engine_dir("/home", "openquake") == "/home/openquake"
+    assert shared_engine_dir("/home/", "openquake") == "/home/openquake"

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from oqcluster.nodetests.expect import as_root, expect, not_checked
+from oqcluster.rules import shared_engine_dir
 
 PROBE_UNIT = "oqcluster-verify-listener"
 FIREWALL_FIX = "re-run site.yml --tags firewall"
@@ -124,7 +125,7 @@ def nfs_probe(cluster: Any) -> Any:
     oq = cluster.settings(cluster.master)
     master = cluster.node(cluster.master)
     token = secrets.token_hex(8)
-    path = f"{oq['oq_shared_dir']}/.oqcluster-nfs-probe-{token}"
+    path = f"{shared_engine_dir(oq['oq_shared_dir'], oq['oq_user'])}/.oqcluster-nfs-probe-{token}"
     with as_root(master):
         master.run("sh -c %s", f"echo {token} > {path}")
         master.run("chown %s:%s %s", oq["oq_user"], oq["oq_group"], path)
@@ -188,7 +189,8 @@ def test_exports_are_read_only(cluster: Any, nfs_probe: tuple[str, str]) -> None
     oq, worker, node = _first_nfs_client(cluster)
     master = cluster.node(cluster.master)
     _reads(cluster, worker, node, *nfs_probe)
-    target = f"{oq['oq_shared_dir']}/.oqcluster-nfs-write-{secrets.token_hex(4)}"
+    target = (f"{shared_engine_dir(oq['oq_shared_dir'], oq['oq_user'])}"
+              f"/.oqcluster-nfs-write-{secrets.token_hex(4)}")
     write = node.run(
         "nfs-cp /etc/hostname %s", _nfs_url(cluster, target, oq["oq_uid"], oq["oq_gid"])
     )
@@ -203,7 +205,7 @@ def test_exports_are_read_only(cluster: Any, nfs_probe: tuple[str, str]) -> None
 @pytest.mark.usefixtures("on_master")
 def test_exports_squash_root(cluster: Any) -> None:
     oq, worker, node = _first_nfs_client(cluster)
-    shared = oq["oq_shared_dir"]
+    shared = shared_engine_dir(oq["oq_shared_dir"], oq["oq_user"])
     own = node.run("nfs-ls %s", _nfs_url(cluster, shared, oq["oq_uid"], oq["oq_gid"]))
     expect(own.rc == 0, f"{oq['oq_user']} on {worker} lists {shared} over NFSv4", _said(own),
            NFS_FIX)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from oqcluster.rules import shared_engine_dir
 from oqcluster.verify.context import Context
 from oqcluster.verify.outside import refused_from_outside
 from oqcluster.verify.remote import LISTENER, Node
@@ -229,7 +230,8 @@ def _ssh_fix(error: str) -> str:
 
 def shared_dir_visible(ctx: Context) -> Iterator[CheckResult]:
     """A file the master writes in shared_dir is seen unchanged, and read-only, by workers."""
-    user, shared_dir = ctx.setting("oq_user"), ctx.setting("oq_shared_dir")
+    user = ctx.setting("oq_user")
+    shared_dir = shared_engine_dir(ctx.setting("oq_shared_dir"), user)
     token = secrets.token_hex(16)
     path = f"{shared_dir}/.oqcluster-verify-{token[:8]}"
     wrote = ctx.master.run_as(user, "printf %s %s > %s", "%s", token, path)
