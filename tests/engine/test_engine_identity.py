@@ -262,3 +262,30 @@ def test_without_a_key_file_the_error_says_how_to_get_one(
     assert listed.returncode == 2
     assert "user nobody has no dbserver key" in listed.stderr
     assert "sudo oqz users key nobody" in listed.stderr
+
+
+def test_admins_come_from_the_config(tmp_path: Path) -> None:
+    config = load_config(write_config(tmp_path, admins="carol,  dave root"))
+    assert config.admins == ("carol", "dave", "root")
+    assert Config().admins == ("openquake", "root")
+
+
+def test_oqz_users_key_writes_a_key_only_its_user_reads(
+    world: Config, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oqzmq.cli import main
+
+    monkeypatch.setenv("OQ_CONFIG_FILE", str(world.path))
+    me = os_user()
+    assert main(["users", "key", me]) == 0
+    assert world.path is not None
+    path = world.path.parent / "users" / f"{me}.key"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.stat().st_uid == pwd.getpwnam(me).pw_uid
+    assert main(["users", "key", me, "--stdout"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == path.read_text().strip()
+    monkeypatch.setenv("OQ_USER_KEY_FILE", str(path))
+    with DbClient(world) as client:  # the OS user with the written key file
+        assert client.call("list_calcs")["total"] >= 0
+    assert main(["users", "key", "no-such-account-here"]) == 2
+    assert "no account named 'no-such-account-here'" in capsys.readouterr().err
