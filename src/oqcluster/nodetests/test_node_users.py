@@ -88,13 +88,22 @@ class Oqz:
             return self.host.run(command)
 
     def probe_calc(self, user: str) -> int:
-        """A completed calculation record of `user` (no computation), its id."""
+        """A completed calculation record of `user` (no computation), its id. It names this
+        process's host and pid: should the probe die half way, the dbserver marks it failed
+        at once instead of letting it hold the serialize_jobs queue."""
         answer = self.python(user, (
+            "import os, socket\n"
             "from oqzmq.config import load_config\n"
             "from oqzmq.dbserver import DbClient\n"
             "with DbClient(load_config()) as c:\n"
-            f"    calc = c.call('create_calc', description={PROBE!r})\n"
-            "    c.call('set_status', calc_id=calc['id'], status='complete')\n"
+            f"    calc = c.call('create_calc', description={PROBE!r},\n"
+            "                  host=socket.gethostname(), pid=os.getpid())\n"
+            "    try:\n"
+            "        c.call('set_status', calc_id=calc['id'], status='executing')\n"
+            "        c.call('set_status', calc_id=calc['id'], status='complete')\n"
+            "    except BaseException:\n"
+            "        c.call('set_status', calc_id=calc['id'], status='failed')\n"
+            "        raise\n"
             "    print(calc['id'])\n"))
         expect(answer.rc == 0, f"{user} records a calculation", answer.stderr.strip()[-300:],
                f"{user} needs its key ({FIX})")
