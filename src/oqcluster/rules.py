@@ -40,7 +40,7 @@ CLUSTER_WIDE = (
     "oq_receiver_port_first", "oq_receiver_port_last", "oq_ctrl_port",
     "oq_authkey", "oq_default_cores", "oq_soft_mem_limit", "oq_hard_mem_limit",
     "oq_engine_flavor", "oq_openquake_version", "oq_task_retries", "oq_oom_retries",
-    "oq_max_message_mb",
+    "oq_max_message_mb", "oq_admin_users", "oq_users_list",
 )
 PORT_VARIABLES = (
     "oq_dbserver_port", "oq_ctrl_port", "oq_webui_port",
@@ -489,6 +489,62 @@ def _user_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
             )
 
 
+USERS_FIX = ("list cluster users as mappings in group_vars/all.yml, e.g. oq_users_list: "
+             "[{name: alice}, {name: bob, create: true, uid: 2001}]")
+
+
+def _cluster_users_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
+    """oq_users_list (role oq_users) and oq_admin_users: names, keys, no duplicates, and no
+    service account among the cluster users (it is set up by oq_common)."""
+    admins = values.get("oq_admin_users", [])
+    if not isinstance(admins, list) or not all(_valid_account_name(a) for a in admins):
+        yield Finding("oq_admin_users", f"must be a list of account names, got {admins!r}",
+                      "set oq_admin_users to a list such as [openquake, root]")
+    users = values.get("oq_users_list", [])
+    if not isinstance(users, list):
+        yield Finding("oq_users_list", f"must be a list, got {users!r}", USERS_FIX)
+        return
+    seen: set[str] = set()
+    service = {values.get("oq_user", "openquake"), "root"}
+    for index, item in enumerate(users):
+        where = f"item {index + 1}"
+        if not isinstance(item, Mapping) or not _valid_account_name(item.get("name")):
+            yield Finding("oq_users_list", f"{where} must be a mapping with a valid account "
+                          f"name (lower-case letters, digits, '_', '-'), got {item!r}", USERS_FIX)
+            continue
+        name = item["name"]
+        unknown = set(item) - {"name", "create", "uid"}
+        if unknown:
+            yield Finding("oq_users_list", f"{where} ({name}) has unknown keys "
+                          f"{sorted(unknown)}", "use only name, create and uid")
+        if not isinstance(item.get("create", False), bool):
+            yield Finding("oq_users_list", f"{where} ({name}): create must be true or false, "
+                          f"got {item['create']!r}", USERS_FIX)
+        uid = item.get("uid")
+        if uid is not None and (not _is_int(uid) or not 1000 <= uid <= MAX_ID
+                                or uid == NFS_NOBODY_ID or uid == values.get("oq_uid")):
+            yield Finding("oq_users_list", f"{where} ({name}): uid must be a free regular "
+                          f"user id (1000..{MAX_ID}, not nobody's nor oq_uid), got {uid!r}",
+                          "pick an id that is free on the master, or drop uid")
+        if uid is not None and not item.get("create", False):
+            yield Finding("oq_users_list", f"{where} ({name}): uid is only used with create: "
+                          "true", f"add create: true to {name}, or drop its uid")
+        if name in service:
+            yield Finding("oq_users_list", f"{where}: {name} is a service account (oq_user or "
+                          "root), set up by the roles already", f"remove {name} from the list "
+                          "(admins are listed in oq_admin_users)")
+        if name in seen:
+            yield Finding("oq_users_list", f"{name} is listed twice", f"list {name} once")
+        seen.add(name)
+
+
+def shared_engine_dir(shared_dir: str, user: str) -> str:
+    """The part of the shared dir the engine's account owns (mode 2770, setgid): the shared
+    dir itself, or <shared_dir>/<user> when the shared dir is /home (the manual's choice),
+    which holds everyone's home and is never handed to the engine's account."""
+    return f"{shared_dir.rstrip('/')}/{user}" if shared_dir.rstrip("/") == "/home" else shared_dir
+
+
 def _valid_account_name(value: Any) -> bool:
     if not isinstance(value, str) or not value or len(value) > 32:
         return False
@@ -517,6 +573,7 @@ def _flavor_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
 
 HOST_RULES: tuple[Callable[[Mapping[str, Any]], Iterable[Finding]], ...] = (
     _user_findings,
+    _cluster_users_findings,
     _identity_findings,
     _path_findings,
     _choice_findings,

@@ -29,5 +29,6 @@ BAD_INVENTORIES = {
     "unknown-host-in-host-cores": ("worker2", "oq_address", "does not resolve"),
     "duplicate-worker-addresses": ("worker1, worker2", "oq_address", "share the address"),
     "unresolvable-master": ("master1", "oq_address", "does not resolve"),
+    "service-account-as-cluster-user": ("all hosts", "oq_users_list", "service account"),
 }
 

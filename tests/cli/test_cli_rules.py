@@ -86,12 +86,32 @@ def test_a_good_cluster_has_no_problem() -> None:
         ({"oq_authkey": "changeme"}, "oq_authkey"),
         ({"oq_authkey": "short-secret"}, "oq_authkey"),
         ({"oq_user": "Open Quake"}, "oq_user"),
+        ({"oq_users_list": "alice"}, "oq_users_list"),
+        ({"oq_users_list": ["alice"]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "Alice Smith"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice"}, {"name": "alice"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "openquake"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "root"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "create": "yes"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "uid": 2001}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "create": True, "uid": 65534}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "groups": ["sudo"]}]}, "oq_users_list"),
+        ({"oq_admin_users": "openquake"}, "oq_admin_users"),
+        ({"oq_admin_users": ["Open Quake"]}, "oq_admin_users"),
     ],
 )
 def test_each_cluster_setting_rule_reports_once_for_all_hosts(
     settings: dict[str, Any], variable: str
 ) -> None:
     assert problems_of(cluster(settings)) == [("all hosts", variable)]
+
+
+def test_cluster_users_and_the_manuals_shared_dir_home_are_accepted() -> None:
+    users = [{"name": "alice"}, {"name": "bob", "create": True, "uid": 2001}]
+    data = cluster({"oq_users_list": users, "oq_admin_users": ["openquake", "carol"],
+                    "oq_shared_dir": "/home", "oq_home": "/var/lib/openquake-home"})
+
+    assert problems_of(data) == []
 
 
 def test_a_disabled_webui_may_share_no_port_rule() -> None:
@@ -170,3 +190,11 @@ def test_the_flavor_is_cluster_wide() -> None:
     problems = validate(cluster(per_host={"w2": {"oq_engine_flavor": "openquake"}}),
                         never_resolves)
     assert [p.variable for p in problems] == ["oq_engine_flavor"]
+
+
+def test_the_engine_owns_the_shared_dir_or_its_own_directory_in_a_shared_home() -> None:
+    from oqcluster.rules import shared_engine_dir
+
+    assert shared_engine_dir("/oq_shared", "openquake") == "/oq_shared"
+    assert shared_engine_dir("/home", "openquake") == "/home/openquake"
+    assert shared_engine_dir("/home/", "openquake") == "/home/openquake"

@@ -39,7 +39,8 @@ def test_site_lists_every_tag_of_the_issue() -> None:
     [("two-masters", "master"), ("zero-cores", "oq_cores"),
      ("relative-shared-dir", "oq_shared_dir"),
      ("receiver-range-overlaps-1908", "oq_receiver_port"),
-     ("worker-without-address", "worker")],
+     ("worker-without-address", "worker"),
+     ("service-account-as-cluster-user", "oq_users_list")],
 )
 def test_site_stops_in_preflight_on_a_bad_inventory(case: str, words: str) -> None:
     result = run("site.yml", "-i", f"tests/inventories/{case}")

@@ -201,9 +201,16 @@ class Signer:
         self.sender = os.urandom(16)
         self._counter = itertools.count(1)  # next() is atomic: threads never share a value
 
-    def sign(self, frames: Sequence[Buffer]) -> list[Buffer]:
-        """Return ``[mac, header, *frames]`` ready for ``send_multipart(..., copy=False)``."""
-        header = HEADER.pack(self.scheme, self.sender, next(self._counter), time.time())
+    def next_header(self) -> bytes:
+        """A fresh header (sender id, next counter, now), for :meth:`sign`'s ``header``."""
+        return HEADER.pack(self.scheme, self.sender, next(self._counter), time.time())
+
+    def sign(self, frames: Sequence[Buffer], header: bytes | None = None) -> list[Buffer]:
+        """Return ``[mac, header, *frames]`` ready for ``send_multipart(..., copy=False)``.
+        ``header``: one from :meth:`next_header` when a frame must cover it (the dbserver's
+        user MAC); a fresh one otherwise."""
+        if header is None:
+            header = self.next_header()
         nonce = os.urandom(self._mac.nonce_size) if self._mac.nonce_size else b""
         return [self._mac.mac(header, frames, nonce), header, *frames]
 

@@ -42,6 +42,7 @@ COMMAND_MODULES: list[str] = [
     "oqzmq.commands.calcs",
     "oqzmq.commands.dbserver",
     "oqzmq.commands.webui",
+    "oqzmq.commands.users",
 ]
 
 

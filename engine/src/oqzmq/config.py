@@ -49,6 +49,7 @@ class Config:
     distribute: str = "processpool"
     serialize_jobs: int = 1  # at most this many calculations execute at once; 0 = no limit
     multi_user: bool = False
+    admins: tuple[str, ...] = ("openquake", "root")  # multi_user: these users see all
     db_file: str = ""
     db_listen: str = "127.0.0.1"
     db_host: str = "127.0.0.1"
@@ -188,6 +189,7 @@ def _parse_file(path: Path) -> Config:
         multi_user=_to_bool(
             get("dbserver", "multi_user", "false"), where("dbserver", "multi_user")
         ),
+        admins=_to_names(get("dbserver", "admins", "openquake, root")),
         db_file=get("dbserver", "file"),
         db_listen=get("dbserver", "listen", "127.0.0.1"),
         db_host=get("dbserver", "host", "127.0.0.1"),
@@ -211,6 +213,11 @@ def _parse_file(path: Path) -> Config:
                                where("distribution", "task_retries")),
         oom_retries=_to_count(get("memory", "oom_retries", "0"), where("memory", "oom_retries")),
     )
+
+
+def _to_names(text: str) -> tuple[str, ...]:
+    """``'openquake, root'`` (commas and/or spaces) into a tuple of account names."""
+    return tuple(name for name in text.replace(",", " ").split() if name)
 
 
 def _check_distribute(value: str, where: str) -> str:

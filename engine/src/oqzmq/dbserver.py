@@ -6,20 +6,25 @@ authkey``, with replay protection); nothing is unpickled, and a message that fai
 authentication is logged and answered only with a fixed, unsigned refusal so that a client
 holding the wrong key gets a clear error instead of a timeout.
 
-Request: ``{"id": N, "cmd": "list_calcs", "user": "alice", "args": {...}}``.
+Request (version 2), two frames under the cluster MAC: the JSON object
+``{"v": 2, "id": N, "cmd": "list_calcs", "user": "alice", "args": {...}}`` and the user MAC
+(:mod:`oqzmq.identity`: HMAC-SHA256 under alice's own key over the cluster MAC's header and
+the JSON frame). Version 1 (one JSON frame, no "v", no user MAC) is still served when
+multi_user is off, and refused with the fix (upgrade the client) when it is on.
 Reply: ``{"id": N, "ok": true, "result": ...}`` or ``{"id": N, "ok": false, "error": "..."}``.
 
 With ``OQ_DATABASE=local`` the client runs the same actions in-process on the SQLite file
 (single machine, no server), like the reference engine's ``OQ_DATABASE=local``.
 
-``multi_user``: users see and change only their own calculations; the service accounts in
-:data:`ADMIN_USERS` see all. The user name is declared by the client: every holder of the
-cluster key is trusted to state it, exactly as in the reference engine.
+``multi_user``: users see and change only their own calculations; the users of ``[dbserver]
+admins`` see all. The user name a request states counts only if the request carries that
+user's MAC (the key only that user, root and the dbserver's account can read): setting
+LOGNAME/USER changes nothing. See :mod:`oqzmq.identity` and engine/README.md "Identity".
 """
 
 from __future__ import annotations
 
-import getpass
+import hmac
 import itertools
 import json
 import logging
@@ -41,10 +46,19 @@ from oqzmq.auth import AuthError, Signer, Verifier
 from oqzmq.config import Config
 from oqzmq.db import Calc, CalcDB, DbError, TaskTiming
 from oqzmq.errors import UserError
+from oqzmq.identity import (
+    REQUEST_VERSION,
+    UserKeyError,
+    derive_key,
+    load_or_create_secret,
+    load_user_key,
+    os_user,
+    request_mac,
+    secret_path,
+)
 
 log = logging.getLogger("oqzmq.dbserver")
 
-ADMIN_USERS = frozenset({"root", "openquake"})
 DEFAULT_DB_FILE = "~/oqdata/db.sqlite3"
 REFUSAL = b"oqzmq-dbserver: authentication failed"
 START_HINT = "start it with `oqz dbserver start` (or `systemctl start openquake-dbserver`)"
@@ -82,7 +96,8 @@ def channels(config: Config) -> tuple[str, str]:
 
 
 def current_user() -> str:
-    return getpass.getuser()
+    """This process's account, from the OS (never LOGNAME/USER)."""
+    return os_user()
 
 
 # actions: what the dbserver can do, independent of the transport
@@ -100,6 +115,7 @@ class Actions:
     multi_user: bool = False
     on_stop: Callable[[], None] | None = None
     server_user: str = ""
+    admins: tuple[str, ...] = ("openquake", "root")
     heard: dict[int, float] = field(default_factory=dict)  # calc id -> its process last spoke
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +136,7 @@ class Actions:
         return {"id": request_id, "ok": True, "result": result}
 
     def _sees_all(self, user: str) -> bool:
-        return not self.multi_user or user in ADMIN_USERS
+        return not self.multi_user or user in self.admins
 
     def _owned(self, user: str, calc_id: int) -> Calc:
         calc = self.db.get_calc(int(calc_id))
@@ -295,7 +311,11 @@ class DbServer:
         self._signer = Signer(authkey, reply_channel)
         self._stopping = threading.Event()
         self._db = CalcDB(db_path or db_file(config))
-        self.actions = Actions(self._db, config.multi_user, self.stop, current_user())
+        # multi_user: the secret every user's key derives from (created on first start)
+        self._secret = (load_or_create_secret(secret_path(self._db.path))
+                        if config.multi_user else b"")
+        self.actions = Actions(self._db, config.multi_user, self.stop, current_user(),
+                               admins=config.admins)
         self._context = zmq.Context()
         self._socket = self._bind()
 
@@ -356,19 +376,52 @@ class DbServer:
             log.warning("refused a message from %s: %s", peer, exc)
             self._socket.send_multipart([identity, REFUSAL])
             return
-        reply = self._reply_to(payload)
+        reply = self._reply_to(bytes(frames[1]), payload)
         self._socket.send_multipart([identity, *self._signer.sign([reply])])
 
-    def _reply_to(self, payload: list[memoryview]) -> bytes:
+    def _reply_to(self, header: bytes, payload: list[memoryview]) -> bytes:
         try:
-            request = json.loads(bytes(payload[0])) if len(payload) == 1 else None
+            request = json.loads(bytes(payload[0])) if payload else None
         except ValueError:
             request = None
         if not isinstance(request, dict):
-            response = {"id": None, "ok": False, "error": "a request is one JSON object frame"}
+            response = {"id": None, "ok": False, "error": BAD_REQUEST}
         else:
-            response = self.actions.handle(request)
+            error = self._identity_error(request, header, payload)
+            response = ({"id": request.get("id"), "ok": False, "error": error} if error
+                        else self.actions.handle(request))
         return json.dumps(response).encode()
+
+    def _identity_error(self, request: dict[str, Any], header: bytes,
+                        payload: list[memoryview]) -> str | None:
+        """Why the request is refused (wrong version, user MAC missing or wrong), or None."""
+        version = request.get("v", 1)
+        if version == 1 and len(payload) == 1:
+            if not self.config.multi_user:
+                return None  # as before per-user keys: the name is the client's word
+            return (f"this dbserver (oqz {__version__}, multi_user) needs requests of version "
+                    f"{REQUEST_VERSION}, which carry the user's own key; the client is an older "
+                    "oq-zmq-engine: install the same release on this host (re-run site.yml)")
+        if version != REQUEST_VERSION or len(payload) != 2:
+            return (f"unknown request version {version!r} with {len(payload)} frame(s): this "
+                    f"dbserver is oqz {__version__} (version {REQUEST_VERSION}); install the "
+                    "same oq-zmq-engine release on every host")
+        user = request.get("user")
+        if not self.config.multi_user or request.get("cmd") == "ping":
+            return None  # ping acts as nobody: `oqz dbserver status` works without a key
+        if not isinstance(user, str) or not user:
+            return "the request does not name its user"
+        expected = request_mac(derive_key(self._secret, user), header, payload[0])
+        if not hmac.compare_digest(expected, bytes(payload[1])):
+            log.warning("refused a request as user %r: its user MAC does not match", user)
+            return (f"the dbserver cannot verify that this request comes from user {user!r}: "
+                    "the user key sent with it is missing or wrong (another user's, another "
+                    "cluster's, or issued before the dbserver's secret was replaced). Ask an "
+                    f"administrator for a new key: `sudo oqz users key {user}` on the master")
+        return None
+
+
+BAD_REQUEST = "a request is one JSON object frame"
 
 
 def _peer_address(frame: zmq.Frame) -> str:
@@ -408,14 +461,18 @@ class DbClient:
     ) -> None:
         self.config = config
         self.timeout = timeout
+        # the OS account, never LOGNAME/USER; an explicit user (tests, tools) needs that
+        # user's key file or the dbserver's secret
         self.user = user or current_user()
+        self._user_key: bytes | None = None
         self.address = f"tcp://{config.db_host}:{config.db_port}"
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._local: Actions | None = None
         self._socket: zmq.Socket | None = None
         if os.environ.get("OQ_DATABASE") == "local":
-            self._local = Actions(CalcDB(db_file(config)), config.multi_user)
+            self._local = Actions(CalcDB(db_file(config)), config.multi_user,
+                                  admins=config.admins)
             return
         authkey = config.require_authkey()
         request_channel, reply_channel = channels(config)
@@ -430,15 +487,32 @@ class DbClient:
         return f"the dbserver at {self.address}"
 
     def call(self, cmd: str, **args: Any) -> Any:
-        request = {"id": next(self._ids), "cmd": cmd, "user": self.user, "args": args}
+        request = {"v": REQUEST_VERSION, "id": next(self._ids), "cmd": cmd, "user": self.user,
+                   "args": args}
         with self._lock:
             if self._local is not None:
                 response = self._local.handle(request)
             else:
                 response = self._exchange(request)
         if not response.get("ok"):
-            raise DbServerError(f"{self.where}: {response.get('error')}")
+            error = response.get("error")
+            if error == BAD_REQUEST:
+                error = (f"it does not understand requests of version {REQUEST_VERSION} (per-user "
+                         "keys): it is an older oq-zmq-engine than this client; install the "
+                         "same release on the master and restart the dbserver (re-run site.yml)")
+            raise DbServerError(f"{self.where}: {error}")
         return response.get("result")
+
+    def _key(self, cmd: str) -> bytes | None:
+        """This user's key when the dbserver checks it (multi_user), loaded once."""
+        if not self.config.multi_user or cmd == "ping":
+            return None
+        if self._user_key is None:
+            try:
+                self._user_key = load_user_key(self.config.path, db_file(self.config), self.user)
+            except UserKeyError as exc:
+                raise DbServerError(f"{self.where}: {exc}") from None
+        return self._user_key
 
     def close(self) -> None:
         with self._lock:
@@ -481,8 +555,12 @@ class DbClient:
             pass  # unreachable or slow network: the request's own timeout reports it
 
     def _exchange(self, request: dict[str, Any]) -> dict[str, Any]:
+        key = self._key(request["cmd"])
         sock = self._connected()
-        sock.send_multipart(self._signer.sign([json.dumps(request).encode()]))
+        body = json.dumps(request).encode()
+        header = self._signer.next_header()
+        mac = request_mac(key, header, body) if key is not None else b""
+        sock.send_multipart(self._signer.sign([body, mac], header))
         deadline = time.monotonic() + self.timeout
         while (remaining := deadline - time.monotonic()) > 0:
             if not sock.poll(int(remaining * 1000) + 1):

@@ -14,6 +14,7 @@ import pytest
 
 from oqcluster.nodetests.cluster import per_worker
 from oqcluster.nodetests.expect import as_root, expect, not_checked
+from oqcluster.rules import shared_engine_dir
 from oqcluster.verify.context import Context
 from oqcluster.verify.remote import Node
 from oqcluster.verify.results import CheckResult, failed, passed
@@ -21,7 +22,8 @@ from oqcluster.verify.results import CheckResult, failed, passed
 
 def shared_dir_visible(ctx: Context) -> Iterator[CheckResult]:
     """A file the master writes in shared_dir is seen unchanged, and read-only, by workers."""
-    user, shared_dir = ctx.setting("oq_user"), ctx.setting("oq_shared_dir")
+    user = ctx.setting("oq_user")
+    shared_dir = shared_engine_dir(ctx.setting("oq_shared_dir"), user)
     token = secrets.token_hex(16)
     path = f"{shared_dir}/.oqcluster-verify-{token[:8]}"
     wrote = ctx.master.run_as(user, "printf %s %s > %s", "%s", token, path)
@@ -85,7 +87,7 @@ def nfs_probe(cluster: Any) -> Any:
     oq = cluster.settings(cluster.master)
     master = cluster.node(cluster.master)
     token = secrets.token_hex(8)
-    path = f"{oq['oq_shared_dir']}/.oqcluster-nfs-probe-{token}"
+    path = f"{shared_engine_dir(oq['oq_shared_dir'], oq['oq_user'])}/.oqcluster-nfs-probe-{token}"
     with as_root(master):
         master.run("sh -c %s", f"echo {token} > {path}")
         master.run("chown %s:%s %s", oq["oq_user"], oq["oq_group"], path)
@@ -149,7 +151,8 @@ def test_exports_are_read_only(cluster: Any, nfs_probe: tuple[str, str]) -> None
     oq, worker, node = _first_nfs_client(cluster)
     master = cluster.node(cluster.master)
     _reads(cluster, worker, node, *nfs_probe)
-    target = f"{oq['oq_shared_dir']}/.oqcluster-nfs-write-{secrets.token_hex(4)}"
+    target = (f"{shared_engine_dir(oq['oq_shared_dir'], oq['oq_user'])}"
+              f"/.oqcluster-nfs-write-{secrets.token_hex(4)}")
     write = node.run(
         "nfs-cp /etc/hostname %s", _nfs_url(cluster, target, oq["oq_uid"], oq["oq_gid"])
     )
@@ -164,7 +167,7 @@ def test_exports_are_read_only(cluster: Any, nfs_probe: tuple[str, str]) -> None
 @pytest.mark.usefixtures("on_master")
 def test_exports_squash_root(cluster: Any) -> None:
     oq, worker, node = _first_nfs_client(cluster)
-    shared = oq["oq_shared_dir"]
+    shared = shared_engine_dir(oq["oq_shared_dir"], oq["oq_user"])
     own = node.run("nfs-ls %s", _nfs_url(cluster, shared, oq["oq_uid"], oq["oq_gid"]))
     expect(own.rc == 0, f"{oq['oq_user']} on {worker} lists {shared} over NFSv4", _said(own),
            NFS_FIX)

@@ -8,6 +8,7 @@ import pytest
 
 from oqcluster.nodetests.cluster import Cluster
 from oqcluster.nodetests.expect import as_root, expect
+from oqcluster.rules import shared_engine_dir
 
 
 def engine_command(oq: dict[str, Any]) -> str:
@@ -114,23 +115,25 @@ def test_master_state_dir_belongs_to_openquake(host: Any, oq: dict[str, Any]) ->
 
 @pytest.mark.usefixtures("master_only")
 def test_master_shared_dir_is_setgid_and_private(host: Any, oq: dict[str, Any]) -> None:
+    # the shared dir, or <shared_dir>/openquake when it is /home (never handed to openquake)
+    directory = shared_engine_dir(oq["oq_shared_dir"], oq["oq_user"])
     with as_root(host):
-        shared = host.file(oq["oq_shared_dir"])
-        expect(shared.is_directory, f"{oq['oq_shared_dir']} directory", "missing",
+        shared = host.file(directory)
+        expect(shared.is_directory, f"{directory} directory", "missing",
                "re-run site.yml --tags nfs")
         found = f"{shared.user}:{shared.group} {shared.mode:04o}"
     wanted = f"{oq['oq_user']}:{oq['oq_group']} 2770"
     expect(found == wanted, wanted, found,
-           f"chown {oq['oq_user']}:{oq['oq_group']} {oq['oq_shared_dir']}; "
-           f"chmod 2770 {oq['oq_shared_dir']} (or re-run site.yml --tags nfs)")
+           f"chown {oq['oq_user']}:{oq['oq_group']} {directory}; "
+           f"chmod 2770 {directory} (or re-run site.yml --tags nfs)")
     # setgid at work: a file root creates there gets the engine's group
-    probe = f"{oq['oq_shared_dir']}/.oqcluster-setgid-probe"
+    probe = f"{directory}/.oqcluster-setgid-probe"
     with as_root(host):
         host.run("touch %s", probe)
         group = host.file(probe).group
         host.run("rm -f %s", probe)
     expect(group == oq["oq_group"], f"new files get group {oq['oq_group']}", group,
-           f"chmod g+s {oq['oq_shared_dir']} (or re-run site.yml --tags nfs)")
+           f"chmod g+s {directory} (or re-run site.yml --tags nfs)")
 
 
 @pytest.mark.usefixtures("master_only")
