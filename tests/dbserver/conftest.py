@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import uvicorn
+from dbserverthread import RunningServer
 from freeports import free_port
 from oqzmq.config import Config, load_config
-from oqzmq.dbserver import DbClient, DbServer
+from oqzmq.dbserver import DbClient
 from oqzmq.webui.app import create_app
 
 
@@ -62,19 +63,6 @@ def cfg_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture
 def config(cfg_path: Path) -> Config:
     return load_config(cfg_path)
-
-
-class RunningServer:
-    def __init__(self, config: Config) -> None:
-        self.config = config
-        self.server = DbServer(config)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(10)
-        assert not self.thread.is_alive(), "the dbserver thread did not stop"
 
 
 @pytest.fixture

@@ -18,16 +18,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import zmq
+from dbserverthread import RunningServer
 from freeports import free_port
 from oqzmq.auth import Signer
 from oqzmq.config import Config, load_config
-from oqzmq.dbserver import DbClient, DbServer, DbServerError, channels, db_file
+from oqzmq.dbserver import DbClient, DbServerError, channels, db_file
 from oqzmq.identity import derive_key, format_key, os_user, read_secret, secret_path
 
 ENGINE_SRC = Path(__file__).resolve().parents[2] / "engine" / "src"
@@ -47,24 +47,13 @@ def write_config(directory: Path, multi_user: bool = True, admins: str = "openqu
     return path
 
 
-class Server:
-    def __init__(self, config: Config) -> None:
-        self.server = DbServer(config)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.thread.join(10)
-
-
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Config]:
     """A multi_user dbserver on loopback with calculations of alice and of openquake."""
     monkeypatch.delenv("OQ_DATABASE", raising=False)
     monkeypatch.delenv("OQ_USER_KEY_FILE", raising=False)
     config = load_config(write_config(tmp_path))
-    server = Server(config)
+    server = RunningServer(config)
     with DbClient(config, user="alice") as alice, DbClient(config, user="openquake") as admin:
         alice.call("create_calc", description="alice's")
         admin.call("create_calc", description="openquake's")
@@ -149,7 +138,7 @@ def test_an_old_client_is_told_to_upgrade_and_served_without_multi_user(
         directory = tmp_path / str(multi_user)
         directory.mkdir()
         config = load_config(write_config(directory, multi_user=multi_user))
-        server = Server(config)
+        server = RunningServer(config)
         try:
             request_channel, _ = channels(config)
             sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -186,7 +175,7 @@ def shared_world(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Config, Path
     path = write_config(directory)
     path.chmod(0o644)
     config = load_config(path)
-    server = Server(config)
+    server = RunningServer(config)
     try:
         with DbClient(config, user="nobody") as mine, DbClient(config, user="openquake") as admin:
             mine.call("create_calc", description="nobody's")
