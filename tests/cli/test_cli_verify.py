@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from cli_cases import ROOT
-from freeports import free_port
+from freeports import free_port, free_port_block
 
 from oqcluster.cli import main
 from oqcluster.inventory import Inventory
@@ -43,6 +43,9 @@ def listener() -> Iterator[int]:
 
 
 def local_inventory(directory: Path, dbserver_port: int, ctrl_port: int) -> Path:
+    """Two loopback nodes; the receiver and webui ports are free ones on both addresses (a
+    fixed port another process holds made the outside check open no listener there)."""
+    receivers = free_port_block(3, ("127.0.0.1", "127.0.0.2"))
     inventory = directory / "hosts.yml"
     inventory.write_text(f"""
 all:
@@ -52,9 +55,9 @@ all:
     oq_user: {MISSING_USER}
     oq_dbserver_port: {dbserver_port}
     oq_ctrl_port: {ctrl_port}
-    oq_receiver_port_first: 40001
-    oq_receiver_port_last: 40002
-    oq_webui_port: 40003
+    oq_receiver_port_first: {receivers}
+    oq_receiver_port_last: {receivers + 1}
+    oq_webui_port: {receivers + 2}
   children:
     master: {{hosts: {{m1: {{oq_address: 127.0.0.1}}}}}}
     workers: {{hosts: {{w1: {{oq_address: 127.0.0.2}}}}}}
