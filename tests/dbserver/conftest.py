@@ -2,16 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import secrets
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,9 +13,9 @@ import uvicorn
 from dbserverthread import RunningServer
 from freeports import free_port
 from oqzmq.config import Config, load_config
-from oqzmq.dbserver import DbClient, db_file
-from oqzmq.identity import derive_key, read_secret, secret_path
+from oqzmq.dbserver import DbClient
 from oqzmq.webui.app import create_app
+from webuilogin import LoginWebUI, running_login_webui
 
 
 def write_config(
@@ -130,72 +124,9 @@ def webui(
     client.close()
 
 
-# --- the webui with a login (multi_user), as a real `oqz webui start` process
-
-PASSWORDS = {"alice": "alice-webui-pw", "bob": "bob-webui-pw", "openquake": "admin-webui-pw"}
-OQZ = [sys.executable, "-m", "oqzmq.cli"]
-
-
-@dataclass
-class LoginWebUI:
-    url: str
-    cfg: Path
-    passwords: dict[str, str]
-    ids: dict[str, list[int]]  # user -> the ids of its calculations
-    env: dict[str, str]
-
-
-def set_password(env: dict[str, str], user: str, password: str) -> str:
-    done = subprocess.run([*OQZ, "users", "password", user, "--stdin"], input=password + "\n",
-                          env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
-def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()[1]
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"the webui did not listen on {port} in {seconds} s")
-
-
 @pytest.fixture
 def login_webui(tmp_path: Path, unused_port) -> Iterator[LoginWebUI]:
-    """A multi_user dbserver (thread) with calculations of alice, bob and openquake (admin),
-    the three passwords set with `oqz users password`, and `oqz webui start` (a process)."""
-    cfg = write_config(tmp_path, multi_user=True)
-    config = load_config(cfg)
-    running = RunningServer(config)
-    env = {**os.environ, "OQ_CONFIG_FILE": str(cfg)}
-    env.pop("OQ_DATABASE", None)
-    process = None
-    try:
-        secret = read_secret(secret_path(db_file(config)))
-        assert secret is not None
-        ids: dict[str, list[int]] = {}
-        for user, descriptions in {"alice": ["alice's hazard", "alice's risk"],
-                                   "bob": ["bob's secret study"],
-                                   "openquake": ["admin's calculation"]}.items():
-            with DbClient(config, timeout=5.0, user=user,
-                          user_key=derive_key(secret, user)) as client:
-                for description in descriptions:
-                    calc = client.call("create_calc", description=description,
-                                       calculation_mode="demo", host="localhost", pid=1)
-                    client.call("set_status", calc_id=calc["id"], status="executing")
-                    client.call("set_status", calc_id=calc["id"], status="complete")
-                    ids.setdefault(user, []).append(calc["id"])
-        for user, password in PASSWORDS.items():
-            assert set_password(env, user, password) == "changed"
-        port = unused_port()
-        process = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        wait_for_port(port, process)
-        yield LoginWebUI(f"http://127.0.0.1:{port}", cfg, dict(PASSWORDS), ids, env)
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(15)
-        running.stop()
+    """A multi_user dbserver with calculations of alice, bob and openquake (an admin), their
+    passwords set with `oqz users password`, and `oqz webui start` as a process."""
+    with running_login_webui(tmp_path, unused_port()) as web:
+        yield web

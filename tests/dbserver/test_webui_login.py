@@ -17,8 +17,8 @@ import urllib.request
 from typing import Any
 
 import pytest
-from conftest import OQZ, LoginWebUI, set_password
 from oqzmq.webui.login import Login, hash_password, read_passwords, verify_password
+from webuilogin import OQZ, LoginWebUI, set_password
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
