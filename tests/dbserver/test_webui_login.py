@@ -206,3 +206,16 @@ def test_without_multi_user_there_is_no_login(webui) -> None:
     assert browser.request("/v1/calc/list")[0] == 200
     status, _, headers = browser.request("/accounts/login/")
     assert status == 303 and headers["location"] == "/"
+
+
+def test_an_unreadable_password_file_lets_nobody_in_without_an_error(tmp_path) -> None:
+    path = tmp_path / "webui.passwd"
+    path.write_text(f"alice:{hash_password('alice-pw')}\n")
+    login = Login(path, b"k" * 32)
+    token = login.issue("alice")
+    assert login.check("alice", "alice-pw") and login.user(token) == "alice"
+    # (the tests run as root, who reads a 0000 file: a directory stands for "cannot read")
+    path.unlink()
+    path.mkdir()
+    assert not login.check("alice", "alice-pw")
+    assert login.user(token) is None

@@ -20,12 +20,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import logging
 import os
 import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+log = logging.getLogger("oqzmq.webui")
 PASSWD_NAME = "webui.passwd"
 COOKIE = "oqz_session"
 SESSION_SECONDS = 8 * 3600
@@ -118,12 +120,22 @@ class Login:
     key: bytes
     seconds: int = SESSION_SECONDS
 
+    def _passwords(self) -> dict[str, str]:
+        """The password file; {} (nobody logs in) when this process may not read it."""
+        try:
+            return read_passwords(self.passwd)
+        except OSError as exc:  # not permitted, not a file...
+            log.error("cannot read %s (%s): nobody can log in (it must be root:openquake 0640; "
+                      "`oqz users password USER` as root writes it so)", self.passwd,
+                      exc.strerror)
+            return {}
+
     def check(self, name: str, password: str) -> bool:
-        stored = read_passwords(self.passwd).get(name) if valid_name(name) else None
+        stored = self._passwords().get(name) if valid_name(name) else None
         return verify_password(password, stored)
 
     def _binding(self, name: str) -> str | None:
-        stored = read_passwords(self.passwd).get(name)
+        stored = self._passwords().get(name)
         if stored is None:
             return None
         return hmac.digest(self.key, b"binding\0" + stored.encode(), hashlib.sha256)[:8].hex()
