@@ -1,10 +1,16 @@
-"""Regenerate docs/webui-list.png, webui-calc.png and webui-failed.png from real calculations.
+"""Regenerate docs/webui-list.png, webui-calc.png and webui-failed.png from real calculations,
+and the login screenshots (multi_user) webui-login.png, webui-login-refused.png,
+webui-list-alice.png and webui-list-admin.png.
 
-    .venv/bin/python docs/webui_screenshots.py        (needs Debian's chromium; about 1 min)
+    .venv/bin/python docs/webui_screenshots.py          (needs Debian's chromium; about 1 min)
+    .venv/bin/python docs/webui_screenshots.py --login  (the login screenshots only)
 
 Starts a dbserver, two local workerpools on loopback addresses (standing in for worker
 hosts), runs demo calculations through `oqz run` (two complete, one aborted with `oqz abort`,
 one failing because a workerpool is down), serves the webui and screenshots it headless.
+The login ones: a multi_user dbserver with calculations of alice, bob and openquake (an
+admin), passwords set with `oqz users password`, `oqz webui start`, and Chromium driven by
+Playwright: the login form, a wrong password refused, alice's list (hers only), the admin's.
 """
 
 from __future__ import annotations
@@ -105,7 +111,91 @@ def screenshot(url: str, target: Path, profile: Path, height: int) -> None:
     print(f"wrote {target}")
 
 
+LOGIN_USERS = {"alice": ["PSHA Italy, 1000 sites", "scenario Messina 1908"],
+               "bob": ["bob's private study"], "openquake": ["nightly regression"]}
+
+
+def login_screenshots() -> None:
+    from oqzmq.identity import derive_key, read_secret, secret_path
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        raise SystemExit("chromium is not installed: apt-get install chromium")
+    with tempfile.TemporaryDirectory(prefix="oqz-login-shots-") as tmp:
+        directory = Path(tmp)
+        config_path = directory / "openquake.cfg"
+        config_path.write_text(
+            "[distribution]\noq_distribute = no\n\n[dbserver]\nmulti_user = true\n"
+            f"file = {directory / 'db' / 'db.sqlite3'}\nlisten = 127.0.0.1\n"
+            f"host = 127.0.0.1\nport = {free_port()}\n"
+            "authkey = screenshot-secret-0123456789abcdefghij\n")
+        config = load_config(config_path)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OQ_")}
+        env["OQ_CONFIG_FILE"] = str(config_path)
+        server = DbServer(config)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        webui = None
+        try:
+            secret = read_secret(secret_path(Path(config.db_file)))
+            assert secret is not None
+            for user, descriptions in LOGIN_USERS.items():
+                with DbClient(config, user=user, user_key=derive_key(secret, user)) as client:
+                    for description in descriptions:
+                        calc = client.call("create_calc", description=description,
+                                           calculation_mode="classical", host="master",
+                                           pid=os.getpid())
+                        client.call("set_status", calc_id=calc["id"], status="executing")
+                        client.call("set_status", calc_id=calc["id"], status="complete")
+                subprocess.run([*OQZ, "users", "password", user, "--stdin"], env=env,
+                               input=f"{user}-password\n", text=True, check=True,
+                               capture_output=True)
+            port = free_port()
+            webui = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
+                                     stderr=subprocess.DEVNULL)
+            time.sleep(3)
+            base = f"http://127.0.0.1:{port}"
+            with sync_playwright() as playwright:
+                browser = playwright.chromium.launch(executable_path=chromium,
+                                                     args=["--no-sandbox"])
+
+                def shot(page, name: str) -> None:
+                    page.wait_for_load_state("networkidle")
+                    page.screenshot(path=DOCS / name)
+                    print(f"wrote {DOCS / name}")
+
+                def log_in(page, user: str, password: str) -> None:
+                    page.goto(f"{base}/")
+                    page.fill("#username", user)
+                    page.fill("#password", password)
+                    page.click("#login")
+
+                page = browser.new_page(viewport={"width": 1100, "height": 330})
+                page.goto(f"{base}/")
+                shot(page, "webui-login.png")
+                log_in(page, "alice", "not-her-password")
+                shot(page, "webui-login-refused.png")
+                log_in(page, "alice", "alice-password")
+                page.wait_for_selector("#calcs[data-refreshed]")
+                shot(page, "webui-list-alice.png")
+                page.click("form.logout button")
+                log_in(page, "openquake", "openquake-password")
+                page.wait_for_selector("#calcs[data-refreshed]")
+                shot(page, "webui-list-admin.png")
+                browser.close()
+        finally:
+            if webui is not None:
+                webui.terminate()
+                webui.wait(20)
+            server.stop()
+            thread.join(10)
+
+
 def main() -> int:
+    login_screenshots()
+    if "--login" in sys.argv[1:]:
+        return 0
     with tempfile.TemporaryDirectory(prefix="oqz-shots-") as tmp:
         directory = Path(tmp)
         config_path = write_config(directory)

@@ -513,10 +513,18 @@ def _cluster_users_findings(values: Mapping[str, Any]) -> Iterator[Finding]:
                           f"name (lower-case letters, digits, '_', '-'), got {item!r}", USERS_FIX)
             continue
         name = item["name"]
-        unknown = set(item) - {"name", "create", "uid"}
+        unknown = set(item) - {"name", "create", "uid", "webui_password"}
         if unknown:
             yield Finding("oq_users_list", f"{where} ({name}) has unknown keys "
-                          f"{sorted(unknown)}", "use only name, create and uid")
+                          f"{sorted(unknown)}", "use only name, create, uid and webui_password")
+        password = item.get("webui_password")
+        if password is not None and (not isinstance(password, str) or not 8 <= len(password)
+                                     <= 1024 or "\n" in password or "\r" in password):
+            # never echo the password itself
+            yield Finding("oq_users_list", f"{where} ({name}): webui_password must be one line "
+                          "of 8 to 1024 characters", "set it from Ansible Vault, e.g. "
+                          "webui_password: '{{ vault_oqalice_webui_password }}', or drop it "
+                          "(a random one is generated once on the master)")
         if not isinstance(item.get("create", False), bool):
             yield Finding("oq_users_list", f"{where} ({name}): create must be true or false, "
                           f"got {item['create']!r}", USERS_FIX)

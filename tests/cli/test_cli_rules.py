@@ -96,6 +96,9 @@ def test_a_good_cluster_has_no_problem() -> None:
         ({"oq_users_list": [{"name": "alice", "uid": 2001}]}, "oq_users_list"),
         ({"oq_users_list": [{"name": "alice", "create": True, "uid": 65534}]}, "oq_users_list"),
         ({"oq_users_list": [{"name": "alice", "groups": ["sudo"]}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "webui_password": "short"}]}, "oq_users_list"),
+        ({"oq_users_list": [{"name": "alice", "webui_password": "two\nlines!"}]},
+         "oq_users_list"),
         ({"oq_admin_users": "openquake"}, "oq_admin_users"),
         ({"oq_admin_users": ["Open Quake"]}, "oq_admin_users"),
     ],
@@ -107,7 +110,8 @@ def test_each_cluster_setting_rule_reports_once_for_all_hosts(
 
 
 def test_cluster_users_and_the_manuals_shared_dir_home_are_accepted() -> None:
-    users = [{"name": "alice"}, {"name": "bob", "create": True, "uid": 2001}]
+    users = [{"name": "alice", "webui_password": "correct horse"},
+             {"name": "bob", "create": True, "uid": 2001}]
     data = cluster({"oq_users_list": users, "oq_admin_users": ["openquake", "carol"],
                     "oq_shared_dir": "/home", "oq_home": "/var/lib/openquake-home"})
 

@@ -15,6 +15,7 @@ from freeports import free_port
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient
 from oqzmq.webui.app import create_app
+from webuilogin import LoginWebUI, running_login_webui
 
 
 def write_config(
@@ -121,3 +122,11 @@ def webui(
     yield web, ids
     web.stop()
     client.close()
+
+
+@pytest.fixture
+def login_webui(tmp_path: Path, unused_port) -> Iterator[LoginWebUI]:
+    """A multi_user dbserver with calculations of alice, bob and openquake (an admin), their
+    passwords set with `oqz users password`, and `oqz webui start` as a process."""
+    with running_login_webui(tmp_path, unused_port()) as web:
+        yield web

@@ -457,14 +457,16 @@ class DbClient:
     """
 
     def __init__(
-        self, config: Config, timeout: float = 10.0, user: str | None = None
+        self, config: Config, timeout: float = 10.0, user: str | None = None,
+        user_key: bytes | None = None,
     ) -> None:
         self.config = config
         self.timeout = timeout
         # the OS account, never LOGNAME/USER; an explicit user (tests, tools) needs that
-        # user's key file or the dbserver's secret
+        # user's key file or the dbserver's secret, or its key given (the webui derives the
+        # key of the user who logged in)
         self.user = user or current_user()
-        self._user_key: bytes | None = None
+        self._user_key: bytes | None = user_key
         self.address = f"tcp://{config.db_host}:{config.db_port}"
         self._lock = threading.Lock()
         self._ids = itertools.count(1)

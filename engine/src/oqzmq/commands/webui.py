@@ -18,7 +18,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "webui",
         help="run the web interface (calculation list, logs, task timings; JSON API)",
         description="A read-only web interface on the dbserver's records. Bind it to the "
-        "cluster network only: it has no login of its own.",
+        "cluster network only. With multi_user it asks for a login (passwords set by "
+        "`oqz users password USER`) and shows each user only their calculations.",
     )
     start.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     start.add_argument("--port", type=int, default=8800, help="port (8800)")

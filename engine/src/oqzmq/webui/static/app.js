@@ -29,6 +29,9 @@ function stamp(seconds) {
 
 async function getJSON(url) {
   const response = await fetch(url, { headers: { Accept: "application/json" } });
+  if (response.status === 401) {  // the session ended (multi_user): back to the login
+    window.location.assign(`/accounts/login/?next=${encodeURIComponent(window.location.pathname)}`);
+  }
   if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
   return [await response.json(), response];
 }
