@@ -19,6 +19,7 @@ from freeports import free_port, free_port_block
 
 from oqcluster.cli import main
 from oqcluster.inventory import Inventory
+from oqcluster.nodetests import test_cluster_clocks as clock_checks
 from oqcluster.nodetests import test_cluster_config as config_checks
 from oqcluster.nodetests import test_cluster_nfs as nfs_checks
 from oqcluster.nodetests import test_cluster_ports as port_checks
@@ -292,6 +293,25 @@ def test_config_agreement_names_the_one_node_that_differs(
         "m1": Status.PASS, "w1": Status.FAIL, "w2": Status.PASS}
     assert results["w1"].found == "differs in [dbserver] authkey"
     assert "--limit w1" in results["w1"].fix
+
+
+def test_clock_check_passes_clocks_that_agree_and_names_the_worker_ahead(
+    project_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both loopback nodes read this machine's clock: they agree. Then the worker's reading
+    is moved 3 x the limit ahead (as a worker without a time service drifts): it is named."""
+    ctx = context(local_inventory(tmp_path, free_port(), free_port()))
+
+    [agreeing] = clock_checks.clocks_agree(ctx)
+
+    read = clock_checks.clock_offset
+    monkeypatch.setattr(clock_checks, "clock_offset", lambda node: (
+        read(node) if node.name == "m1" else (3 * clock_checks.LIMIT, 0.01)))
+    [ahead] = clock_checks.clocks_agree(ctx)
+
+    assert (agreeing.host, agreeing.status) == ("w1", Status.PASS), agreeing
+    assert (ahead.host, ahead.status) == ("w1", Status.FAIL), ahead
+    assert ahead.found.startswith("+") and "chrony" in ahead.fix
 
 
 def test_workers_status_json_becomes_states_per_address() -> None:
