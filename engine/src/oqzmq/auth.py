@@ -99,6 +99,8 @@ class StampError(AuthError):
     def __init__(self, text: str, retry: bool = False) -> None:
         super().__init__(text)
         self.retry = retry
+        self.header = b""  # the refused message's header: its sender and counter
+        self.frames: list[memoryview] = []  # its payload: authentic, only too old or early
 
 
 def _secret(authkey: str | bytes) -> bytes:
@@ -300,7 +302,11 @@ class Verifier:
         if not hmac.compare_digest(expected, bytes(mac)):
             raise AuthError(f"bad MAC (unsigned, tampered or signed with another key/channel "
                             f"than {self.channel!r})")
-        self._check_fresh(sender, counter, stamp)
+        try:
+            self._check_fresh(sender, counter, stamp)
+        except StampError as exc:  # a service may answer it: name the message it refuses
+            exc.header, exc.frames = bytes(header), frames
+            raise
         return frames
 
     def _check_fresh(self, sender: bytes, counter: int, stamp: float) -> None:

@@ -4,7 +4,11 @@ Protocol: a zmq ROUTER socket on ``[dbserver] listen``:``port``. Every request a
 reply is one JSON frame signed with :mod:`oqzmq.auth` (a MAC keyed from ``[dbserver]
 authkey``, with replay protection); nothing is unpickled, and a message that fails
 authentication is logged and answered only with a fixed, unsigned refusal so that a client
-holding the wrong key gets a clear error instead of a timeout.
+holding the wrong key gets a clear error instead of a timeout. An authentic request refused for
+its timestamp (sent before this dbserver started, or from a clock too far ahead: see "Replays"
+in :mod:`oqzmq.auth`) is answered with a signed reply naming the refused message's header
+(``"refused"``) and whether it may be signed again (``"retry"``): the client does so at once,
+so its first request after a restart costs at most ``MAX_CLOCK_SKEW`` seconds more.
 
 Request (version 2), two frames under the cluster MAC: the JSON object
 ``{"v": 2, "id": N, "cmd": "list_calcs", "user": "alice", "args": {...}}`` and the user MAC
@@ -42,7 +46,7 @@ from typing import Any
 import zmq
 
 from oqzmq import __version__
-from oqzmq.auth import AuthError, Signer, Verifier
+from oqzmq.auth import AuthError, Signer, StampError, Verifier
 from oqzmq.config import Config
 from oqzmq.db import Calc, CalcDB, DbError, TaskTiming
 from oqzmq.errors import UserError
@@ -66,6 +70,7 @@ MAX_LIST = 10_000
 # zmq drops larger messages before we see them: an unauthenticated peer cannot make the
 # dbserver buffer gigabytes. Clients send logs in batches far below this.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRY_SECONDS = 0.05  # a request refused as stamped too early is signed and sent again
 SWEEP_SECONDS = 2.0  # how often active calculations whose process is gone are marked failed
 # A calculation running on another host ships its logs every 0.5 s: this long without a word
 # from it, its process is taken for dead (its pid cannot be checked from here).
@@ -307,7 +312,6 @@ class DbServer:
         self.config = config
         self.address = f"tcp://{config.db_listen}:{config.db_port}"
         request_channel, reply_channel = channels(config)
-        self._verifier = Verifier(authkey, request_channel)
         self._signer = Signer(authkey, reply_channel)
         self._stopping = threading.Event()
         self._db = CalcDB(db_path or db_file(config))
@@ -318,6 +322,8 @@ class DbServer:
                                admins=config.admins)
         self._context = zmq.Context()
         self._socket = self._bind()
+        # created once the port is ours: the previous dbserver is gone (see oqzmq.auth)
+        self._verifier = Verifier(authkey, request_channel, service=True)
 
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
@@ -340,6 +346,8 @@ class DbServer:
         self._stopping.set()
 
     def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        # requests stamped before this instant are refused (a replay from before a restart)
+        self._stopping.wait(max(0.0, self._verifier.not_before - time.time()))
         log.info("dbserver %s listening on %s, database %s (multi_user=%s)",
                  __version__, self.address, self._db.path, self.config.multi_user)
         if ready is not None:
@@ -374,10 +382,23 @@ class DbServer:
         except AuthError as exc:
             peer = _peer_address(message[-1])
             log.warning("refused a message from %s: %s", peer, exc)
-            self._socket.send_multipart([identity, REFUSAL])
+            refusal = self._stamp_refusal(exc) if isinstance(exc, StampError) else [REFUSAL]
+            self._socket.send_multipart([identity, *refusal])
             return
         reply = self._reply_to(bytes(frames[1]), payload)
         self._socket.send_multipart([identity, *self._signer.sign([reply])])
+
+    def _stamp_refusal(self, exc: StampError) -> list[Any]:
+        """A signed answer to an authentic request refused for its timestamp, tied to that
+        message (``refused``: its header), so its client knows whether to sign it again."""
+        try:
+            request = json.loads(bytes(exc.frames[0]))
+            request_id = request.get("id") if isinstance(request, dict) else None
+        except (ValueError, IndexError):
+            request_id = None
+        response = {"id": request_id, "ok": False, "retry": exc.retry,
+                    "refused": exc.header.hex(), "error": f"refused our request: {exc}"}
+        return self._signer.sign([json.dumps(response).encode()])
 
     def _reply_to(self, header: bytes, payload: list[memoryview]) -> bytes:
         try:
@@ -558,23 +579,38 @@ class DbClient:
         key = self._key(request["cmd"])
         sock = self._connected()
         body = json.dumps(request).encode()
-        header = self._signer.next_header()
-        mac = request_mac(key, header, body) if key is not None else b""
-        sock.send_multipart(self._signer.sign([body, mac], header))
+        sent = self._send(sock, body, key)
         deadline = time.monotonic() + self.timeout
+        refusal: dict[str, Any] | None = None
         while (remaining := deadline - time.monotonic()) > 0:
             if not sock.poll(int(remaining * 1000) + 1):
                 break
             response = self._read_reply(sock.recv_multipart())
-            if response.get("id") == request["id"]:
+            refused = response.get("refused", sent)
+            if refused == sent and response.get("retry"):
+                # a dbserver that has just (re)started: this very message was not run
+                refusal = response
+                time.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
+                sent = self._send(sock, body, key)
+            elif refused == sent and response.get("id") == request["id"]:
                 return response
             # a late answer to an earlier request that timed out: skip it
         self._drop_socket()
+        if refusal is not None:
+            return refusal
         raise DbServerUnreachable(
             f"{self.where} did not answer within {self.timeout:g} s: is it running? "
             f"{START_HINT}; `oqz dbserver status` checks it. Its address comes from "
             f"[dbserver] host/port in {self.config.source}"
         )
+
+    def _send(self, sock: zmq.Socket, body: bytes, key: bytes | None) -> str:
+        """Sign (cluster MAC, and the user MAC under ``key``) and send; the header of the
+        message sent, as a refusal would name it."""
+        header = self._signer.next_header()
+        mac = request_mac(key, header, body) if key is not None else b""
+        sock.send_multipart(self._signer.sign([body, mac], header))
+        return header.hex()
 
     def _read_reply(self, frames: list[bytes]) -> dict[str, Any]:
         if frames == [REFUSAL]:

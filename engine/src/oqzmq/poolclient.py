@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 import zmq
 
 from oqzmq import protocol
-from oqzmq.auth import Buffer, Signer, Verifier
+from oqzmq.auth import MAX_CLOCK_SKEW, Buffer, Signer, Verifier
 from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
 
 PING_TIMEOUT = 5.0
+# A pool refuses what was stamped before it could take messages (oqzmq.auth, "Replays"): a
+# ping sent while it (re)started goes unanswered, so silent pools are pinged again this often.
+REPING = 2 * MAX_CLOCK_SKEW
 # Tasks submitted together travel together: fewer, larger messages for tiny tasks (see
 # oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than). A batch leaves
 # when it holds TASK_BATCH_COUNT tasks or TASK_BATCH_BYTES of arguments, or when the
@@ -105,17 +108,20 @@ def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
 
 
 def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[PoolHandle]:
-    """Ping all pools at once; note their sizes and pids; return the ones that did not
-    answer."""
-    for pool in pools:
-        pool.send(Ping())
+    """Ping all pools at once (the silent ones again every :data:`REPING` s); note their
+    sizes and pids; return the ones that did not answer."""
     silent = {pool.endpoint: pool for pool in pools}
     deadline = time.monotonic() + timeout
     poller = zmq.Poller()
     for pool in pools:
         poller.register(pool.sock, zmq.POLLIN)
+    reping = time.monotonic()
     while silent and (left := deadline - time.monotonic()) > 0:
-        for sock, _ in poller.poll(int(left * 1000) + 1):
+        if time.monotonic() >= reping:
+            for pool in silent.values():
+                pool.send(Ping())
+            reping = time.monotonic() + REPING
+        for sock, _ in poller.poll(int(min(left, reping - time.monotonic()) * 1000) + 1):
             pool = next(p for p in pools if p.sock is sock)
             reply = protocol.recv(sock, pool.verifier)
             if reply is not None and reply.kind == Pong.KIND:

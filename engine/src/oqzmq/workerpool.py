@@ -261,7 +261,10 @@ class WorkerPool:
         self.ctrl = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
         self.ctrl.setsockopt(zmq.LINGER, 1000)
         self.ctrl.bind(endpoint)
-        self._ctrl_in = Verifier(authkey, f"ctrl:{endpoint}")
+        # created once the port is ours: the previous pool is gone (see oqzmq.auth). The private
+        # pool of processpool mode (ipc) has a fresh key and directory of its own every time.
+        self._ctrl_in = Verifier(authkey, f"ctrl:{endpoint}",
+                                 service=endpoint.startswith("tcp://"))
         self._ctrl_out = Signer(authkey, f"ctrl-reply:{endpoint}")
         self._tmp = tempfile.TemporaryDirectory(prefix="oqz-pool-")
         os.chmod(self._tmp.name, 0o700)
@@ -348,6 +351,11 @@ class WorkerPool:
                         batch.endpoint)
 
     # --- event loop
+    def wait_accepting(self) -> None:
+        """Until the control socket takes messages: those stamped before are refused, as a
+        replay from before a restart would be."""
+        time.sleep(max(0.0, self._ctrl_in.not_before - time.time()))
+
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.ctrl, zmq.POLLIN)
@@ -663,7 +671,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: setattr(pool, "terminate_reason", "got SIGTERM"))
     signal.signal(signal.SIGHUP, lambda *_: pool.request_restart())
     pool.start_workers()
-    notify("READY=1")  # systemd Type=notify: the control socket is bound, workers starting
+    pool.wait_accepting()
+    notify("READY=1")  # systemd Type=notify: the control socket takes messages, workers starting
     pool.serve()
     return pool.exit_code
 
