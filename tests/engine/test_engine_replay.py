@@ -24,7 +24,7 @@ import zmq
 from enginecluster import AUTHKEY, write_config
 from enginetasks import touch
 from freeports import free_port_block
-from oqzmq import launcher, protocol
+from oqzmq import launcher, protocol, zap
 from oqzmq.auth import Signer
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, channels, ping
@@ -118,7 +118,7 @@ def _submit_touch(signer: Signer, marker: Path, results: str) -> list[bytes]:
 
 def _send(endpoint: str, frames: list[bytes]) -> None:
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
+    sock = zap.client(context.socket(zmq.DEALER), AUTHKEY)
     sock.setsockopt(zmq.LINGER, 2000)
     try:
         sock.connect(endpoint)
@@ -133,7 +133,8 @@ def test_a_submit_captured_before_a_pool_restart_is_refused_after_it(
     _, config = replay_config
     endpoint = f"tcp://{HOST}:{config.ctrl_port}"
     context = zmq.Context()
-    results = context.socket(zmq.PULL)  # where the tasks' results go; not read
+    # where the tasks' results go; not read
+    results = zap.serve(context.socket(zmq.PULL), AUTHKEY, "results")
     reply_to = f"tcp://127.0.0.1:{results.bind_to_random_port('tcp://127.0.0.1')}"
     marker = tmp_path / "ran"
     try:
@@ -167,7 +168,7 @@ def _calcs(config: Config) -> int:
 
 def _request(config: Config, frames: list[bytes]) -> dict[str, object]:
     context = zmq.Context()
-    sock = context.socket(zmq.DEALER)
+    sock = zap.client(context.socket(zmq.DEALER), config.authkey)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
     try:

@@ -45,7 +45,7 @@ from typing import Any
 
 import zmq
 
-from oqzmq import __version__
+from oqzmq import __version__, zap
 from oqzmq.auth import AuthError, Signer, StampError, Verifier
 from oqzmq.config import Config
 from oqzmq.db import Calc, CalcDB, DbError, TaskTiming
@@ -327,6 +327,7 @@ class DbServer:
 
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
+        zap.serve(sock, self.config.require_authkey(), f"the dbserver {self.address}")
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
         try:
@@ -491,11 +492,12 @@ class DbClient:
         self._ids = itertools.count(1)
         self._local: Actions | None = None
         self._socket: zmq.Socket | None = None
+        self._handshake: zmq.Socket  # the monitor of _socket (zap.watch_handshake)
         if os.environ.get("OQ_DATABASE") == "local":
             self._local = Actions(CalcDB(db_file(config)), config.multi_user,
                                   admins=config.admins)
             return
-        authkey = config.require_authkey()
+        authkey = self._authkey = config.require_authkey()
         request_channel, reply_channel = channels(config)
         self._signer = Signer(authkey, request_channel)
         self._verifier = Verifier(authkey, reply_channel)
@@ -552,7 +554,8 @@ class DbClient:
     def _connected(self) -> zmq.Socket:
         if self._socket is None:
             self._probe()
-            sock = self._context.socket(zmq.DEALER)
+            sock = zap.client(self._context.socket(zmq.DEALER), self._authkey)
+            self._handshake = zap.watch_handshake(sock)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
             sock.connect(self.address)
@@ -582,9 +585,17 @@ class DbClient:
         sent = self._send(sock, body, key)
         deadline = time.monotonic() + self.timeout
         refusal: dict[str, Any] | None = None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._handshake, zmq.POLLIN)
         while (remaining := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(remaining * 1000) + 1):
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
+            if not ready:
                 break
+            if self._handshake in ready:
+                self._check_handshake()
+            if sock not in ready:
+                continue
             response = self._read_reply(sock.recv_multipart())
             refused = response.get("refused", sent)
             if refused == sent and response.get("retry"):
@@ -612,13 +623,29 @@ class DbClient:
         sock.send_multipart(self._signer.sign([body, mac], header))
         return header.hex()
 
+    def _wrong_key(self) -> DbServerError:
+        return DbServerError(
+            f"{self.where} refused our authentication: the [dbserver] authkey in "
+            f"{self.config.source} differs from the dbserver's; use the cluster's "
+            "openquake.cfg (OQ_CONFIG_FILE) or re-run provisioning"
+        )
+
+    def _check_handshake(self) -> None:
+        """Fail at once when the dbserver refused our zmq handshake (see :mod:`oqzmq.zap`)."""
+        why = zap.handshake_refusal(self._handshake)
+        if why:
+            self._drop_socket()
+        if why == "wrong key":
+            raise self._wrong_key()
+        if why:
+            raise DbServerError(
+                f"{self.where} refused our zmq handshake (another security mechanism): it "
+                "runs another oq-zmq-engine release than this client; run the same release "
+                "on every node (re-run site.yml)")
+
     def _read_reply(self, frames: list[bytes]) -> dict[str, Any]:
         if frames == [REFUSAL]:
-            raise DbServerError(
-                f"{self.where} refused our authentication: the [dbserver] authkey in "
-                f"{self.config.source} differs from the dbserver's; use the cluster's "
-                "openquake.cfg (OQ_CONFIG_FILE) or re-run provisioning"
-            )
+            raise self._wrong_key()
         try:
             payload = self._verifier.verify(frames)
             return json.loads(bytes(payload[0]))
@@ -627,6 +654,8 @@ class DbClient:
 
     def _drop_socket(self) -> None:
         if self._socket is not None:
+            self._socket.disable_monitor()
+            self._handshake.close(linger=0)
             self._socket.close(linger=0)
             self._socket = None
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import MAX_CLOCK_SKEW, Buffer, Signer, Verifier
 from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
 
@@ -100,7 +100,7 @@ class PoolHandle:
 def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
                  max_bytes: int) -> PoolHandle:
     """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
-    sock = protocol.limit(context.socket(zmq.DEALER), max_bytes)
+    sock = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import Signer, Verifier
 from oqzmq.config import ConfigError, load_config
 from oqzmq.memory import MemoryLimits, memory_cgroup, oom_kills
@@ -259,6 +259,7 @@ class WorkerPool:
         self.size = cores if cores > 0 else (os.cpu_count() or 1)
         self.context = zmq.Context()
         self.ctrl = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
+        zap.serve(self.ctrl, authkey, f"the workerpool's control socket {endpoint}")
         self.ctrl.setsockopt(zmq.LINGER, 1000)
         self.ctrl.bind(endpoint)
         # created once the port is ours: the previous pool is gone (see oqzmq.auth). The private
@@ -270,6 +271,7 @@ class WorkerPool:
         os.chmod(self._tmp.name, 0o700)
         self.workers_endpoint = f"ipc://{self._tmp.name}/workers"
         self.workers_sock = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
+        zap.serve(self.workers_sock, authkey, "the workerpool's worker socket")
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.bind(self.workers_endpoint)
         self._from_workers = Verifier(authkey, f"pool:{self.workers_endpoint}")
