@@ -18,8 +18,9 @@ Wire format of one signed message (a zmq multipart message)::
               nonce: 16 random bytes per message
 
 Why a MAC and not zmq CURVE: the key comes straight from the one cluster secret that
-provisioning already writes into openquake.cfg (no key distribution, no ZAP handler thread),
-and the check happens where we can log the peer and carry on.
+provisioning already writes into openquake.cfg (no key distribution), and the check happens
+where we can log the peer and carry on. (Peers without the key are refused earlier, at the
+zmq handshake: :mod:`oqzmq.zap`; the MAC still authenticates every message.)
 
 Why three schemes: every result byte is hashed twice (by the signer and by the verifier), so
 the MAC's speed bounds the bandwidth of large results. Poly1305 (OpenSSL's SIMD code, through
