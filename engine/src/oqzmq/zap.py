@@ -29,6 +29,7 @@ the firewall limits who reaches the ports at all.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import itertools
@@ -132,7 +133,7 @@ class _Handler:
         """Log the peers that fail the handshake before any ZAP request (no credentials)."""
         address = f"inproc://oqzmq-zap-monitor-{id(self)}-{next(self._monitors)}"
         sock.monitor(address, _REFUSED_EVENTS)
-        pair = sock.context.socket(zmq.PAIR)
+        pair = zmq.Socket(sock.context, zmq.PAIR)  # untracked: see _run
         pair.setsockopt(zmq.LINGER, 0)
         pair.connect(address)
         with self._lock:
@@ -140,7 +141,9 @@ class _Handler:
 
     def _run(self, context: zmq.Context, ready: threading.Event) -> None:
         try:
-            rep = context.socket(zmq.REP)
+            # not made by context.socket(): a context.destroy() must not close this thread's
+            # sockets under it (term() then waits until the thread closes them on ETERM)
+            rep = zmq.Socket(context, zmq.REP)
             rep.setsockopt(zmq.LINGER, 0)
             rep.bind("inproc://zeromq.zap.01")
         except zmq.ZMQError as exc:
@@ -167,12 +170,14 @@ class _Handler:
                         sock.close()
         except zmq.ContextTerminated:
             pass
+        except zmq.ZMQError as exc:  # a socket closed under us: the context is going away
+            log.debug("the ZAP handler stops: %s", exc)
         finally:
             with self._lock:
                 new, self._new_monitors = self._new_monitors, []
-            for pair in [*monitors, *(pair for pair, _ in new)]:
-                pair.close()
-            rep.close()
+            for sock in [*monitors, *(pair for pair, _ in new), rep]:
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.close()
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         if len(request) < 6:
