@@ -557,6 +557,8 @@ class DbClient:
             sock = zap.client(self._context.socket(zmq.DEALER), self._authkey)
             self._handshake = zap.watch_handshake(sock)
             sock.setsockopt(zmq.LINGER, 0)
+            # no connection to send on (refused at the handshake: see _send): do not block
+            sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
             sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
             sock.connect(self.address)
             self._socket = sock
@@ -620,7 +622,15 @@ class DbClient:
         message sent, as a refusal would name it."""
         header = self._signer.next_header()
         mac = request_mac(key, header, body) if key is not None else b""
-        sock.send_multipart(self._signer.sign([body, mac], header))
+        try:
+            sock.send_multipart(self._signer.sign([body, mac], header))
+        except zmq.Again:  # zmq dropped the connection: the handshake may have said why
+            self._handshake.poll(1000)
+            self._check_handshake()
+            self._drop_socket()
+            raise DbServerUnreachable(
+                f"{self.where} did not take our request within {self.timeout:g} s: is it "
+                f"running? {START_HINT}; `oqz dbserver status` checks it") from None
         return header.hex()
 
     def _wrong_key(self) -> DbServerError:
