@@ -650,7 +650,7 @@ class Starmap:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):
                     pool.send(Cancel(self.token))
-            pool.sock.close(linger=200)
+            pool.close(linger=200)
         if self._receiver is not None:
             self._receiver.close(linger=0)
         if self._context is not None:

@@ -7,6 +7,7 @@ The messages are those of :mod:`oqzmq.protocol` on the ``ctrl:``/``ctrl-reply:``
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -15,6 +16,8 @@ import zmq
 from oqzmq import protocol, zap
 from oqzmq.auth import MAX_CLOCK_SKEW, Buffer, Signer, Verifier
 from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
+
+log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 5.0
 # A pool refuses what was stamped before it could take messages (oqzmq.auth, "Replays"): a
@@ -50,6 +53,8 @@ class PoolHandle:
     last_flush: float = 0.0
     alive: bool = True  # False once dropped (silent); True again when it answers a ping
     last_ping: float = 0.0
+    handshake: zmq.Socket | None = None  # the monitor of sock (zap.watch_handshake)
+    refused: str = ""  # why the pool refused our zmq handshake, once it did
 
     @property
     def pool_id(self) -> str:
@@ -78,7 +83,32 @@ class PoolHandle:
         self.last_flush = time.monotonic()
 
     def send(self, message: Message, body: list[Buffer] | tuple[()] = ()) -> None:
-        protocol.send(self.sock, self.signer, message, body)
+        """Send (waiting while the pool's queue is full); a pool that refused our handshake
+        (another authkey) has no connection to take it: the message is dropped and the pool
+        stays silent, where zmq would block for ever."""
+        while True:
+            try:
+                protocol.send(self.sock, self.signer, message, body)
+                return
+            except zmq.Again:
+                if self.handshake_refused():
+                    return
+
+    def handshake_refused(self) -> bool:
+        if not self.refused and self.handshake is not None:
+            self.refused = zap.handshake_refusal(self.handshake)
+            if self.refused:
+                log.warning("the workerpool at %s refused our zmq handshake (%s): its [dbserver] "
+                            "authkey differs from ours, or it runs another release; see its log",
+                            self.endpoint, self.refused)
+        return bool(self.refused)
+
+    def close(self, linger: int = 0) -> None:
+        if self.handshake is not None:
+            self.sock.disable_monitor()
+            self.handshake.close(linger=0)
+            self.handshake = None
+        self.sock.close(linger=linger)
 
     def request(self, query: Query[ReplyT], timeout: float = PING_TIMEOUT) -> ReplyT | None:
         """Send ``query`` and wait for its reply (None on timeout)."""
@@ -102,9 +132,11 @@ def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
     """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
     sock = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey)
     sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.SNDTIMEO, 1000)  # then PoolHandle.send checks the handshake
+    handshake = zap.watch_handshake(sock)
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
-                      Verifier(authkey, f"ctrl-reply:{endpoint}"))
+                      Verifier(authkey, f"ctrl-reply:{endpoint}"), handshake=handshake)
 
 
 def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[PoolHandle]:
