@@ -13,11 +13,13 @@ which shows that the measure would see a buffered flood. The figures are printed
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -121,12 +123,22 @@ def test_a_workerpool_refuses_keyless_peers_before_reading_their_data(
     assert launcher.query_pools(config, Ping(), timeout=60)[HOST] is not None, pool.log()
     assert pool.process is not None
     endpoint = f"tcp://{HOST}:{config.ctrl_port}"
+    # the probe of `oqcluster verify` (python -m oqzmq.zap): both twins
+    assert zap.probe(endpoint, None) == "refused: no key"
+    assert zap.probe(endpoint, "not-the-cluster-key") == "refused: wrong key"
+    assert zap.probe(endpoint, AUTHKEY) == "accepted"
 
     _assert_bounded(_attack("workerpool", pool.process.pid, endpoint, zmq.DEALER))
     assert launcher.query_pools(config, Ping(), timeout=10)[HOST] is not None, pool.log()
     assert _control("workerpool", pool.process.pid, endpoint, zmq.DEALER) > CONTROL // 2
     _assert_logged_once(pool.log())
     assert launcher.query_pools(config, Ping(), timeout=10)[HOST] is not None, pool.log()
+    # a master with another key: refused at the handshake, it does not hang (zmq would block
+    # its sends for ever: no connection), the pool is reported silent
+    started = time.monotonic()
+    wrong = replace(config, authkey="not-the-cluster-key-but-long-enough")
+    assert launcher.query_pools(wrong, Ping(), timeout=3)[HOST] is None
+    assert time.monotonic() - started < 15
 
 
 def test_the_dbserver_refuses_keyless_peers_before_reading_their_data(
@@ -136,6 +148,12 @@ def test_the_dbserver_refuses_keyless_peers_before_reading_their_data(
     _wait_serving(config)
     assert dbserver.process is not None
     endpoint = f"tcp://127.0.0.1:{config.db_port}"
+
+    probed = subprocess.run([sys.executable, "-m", "oqzmq.zap", endpoint], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert probed.returncode == 0, probed
+    assert json.loads(probed.stdout) == {endpoint: {"keyless": "refused: no key",
+                                                    "keyed": "accepted"}}
 
     _assert_bounded(_attack("dbserver", dbserver.process.pid, endpoint, zmq.DEALER))
     assert ping(config, timeout=10)["version"]

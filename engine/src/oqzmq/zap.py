@@ -217,3 +217,57 @@ class _Handler:
         if len(self._logged) > 10_000:  # many peers: forget the oldest
             for key in sorted(self._logged, key=lambda k: self._logged[k][0])[:5_000]:
                 del self._logged[key]
+
+
+def probe(endpoint: str, authkey: str | None, timeout: float = 3.0) -> str:
+    """How the socket listening at ``endpoint`` answers a handshake with ``authkey``'s
+    credentials (None: none, as a plain zmq socket): "accepted", "refused: wrong key",
+    "refused: no key" or "no handshake within T s" (nothing listens, or no zmq there)."""
+    context = zmq.Context()
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if authkey is not None:
+        client(sock, authkey)
+    monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
+                                      | zmq.EVENT_HANDSHAKE_FAILED_AUTH | _REFUSED_EVENTS)
+    try:
+        sock.connect(endpoint)
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not monitor.poll(int(left * 1000) + 1):
+                break
+            event = parse_monitor_message(monitor.recv_multipart())["event"]
+            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                return "accepted"
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                return "refused: wrong key"
+            if event & _REFUSED_EVENTS:
+                return "refused: no key"
+        return f"no handshake within {timeout:g} s"
+    finally:
+        sock.disable_monitor()
+        monitor.close(0)
+        sock.close(0)
+        context.term()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m oqzmq.zap ENDPOINT...``: for each, a handshake without the key and one with
+    the authkey of openquake.cfg, as JSON ``{endpoint: {"keyless": ..., "keyed": ...}}``;
+    exit 0 when every one refused the first and accepted the second."""
+    import json
+    import sys
+
+    from oqzmq.config import load_config
+
+    endpoints = sys.argv[1:] if argv is None else argv
+    authkey = load_config().require_authkey()
+    outcomes = {endpoint: {"keyless": probe(endpoint, None), "keyed": probe(endpoint, authkey)}
+                for endpoint in endpoints}
+    print(json.dumps(outcomes))
+    return 0 if all(o["keyless"].startswith("refused") and o["keyed"] == "accepted"
+                    for o in outcomes.values()) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
