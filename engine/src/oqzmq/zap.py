@@ -199,10 +199,15 @@ class _Handler:
         event = parse_monitor_message(pair.recv_multipart())
         if event["event"] == zmq.EVENT_MONITOR_STOPPED:
             return True
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:  # e.g. a TCP port probe
+            self._warn(label, "(closed)", f"a connection to {label} ended before the zmq "
+                       f"handshake completed (errno {event['value']}): a port probe, or a peer "
+                       "without the cluster key")
+            return False
         self.refused += 1
         self._warn(label, "", f"refused a peer at the handshake on {label}: it presented no "
-                              f"cluster key (zmq error {event['value']}: another mechanism, "
-                              "e.g. a zmq socket without the oqzmq credentials)")
+                              f"cluster key (zmq protocol error {event['value']:#x}: another "
+                              "mechanism, e.g. a zmq socket without the oqzmq credentials)")
         return False
 
     def _warn(self, label: str, peer: str, text: str) -> None:
