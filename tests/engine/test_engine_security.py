@@ -128,7 +128,10 @@ def test_receiver_rejects_bad_messages(
         context.term()
     assert len(results) == 1 and isinstance(results[0], int)  # the real worker's pid
     assert not list(tmp_path.glob("unpickled-*"))
-    rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
+    # a message for an earlier Starmap on this port, delivered late on a loaded machine, is
+    # refused as stamped before this receiver started: not one of the attacks
+    rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()
+                and "too early: this receiver started" not in r.getMessage()]
     assert len(rejected) == 4, rejected
     assert any("replayed" in text for text in rejected)
 
