@@ -39,6 +39,7 @@ BOUND = 50 * MiB  # what the target's peak RSS may grow by
 CONTROL = 48 * MiB  # a keyed message under the 64 MB cap: read, so VmHWM grows
 REFUSED_NO_KEY = "presented no cluster key"
 REFUSED_WRONG_KEY = "wrong cluster key"
+ENDED_IN_HANDSHAKE = "ended before the zmq handshake completed"
 FIGURES: list[str] = []
 
 
@@ -105,8 +106,11 @@ def _assert_bounded(grown: dict[str, int]) -> None:
 
 
 def _assert_logged_once(log: str) -> None:
-    for refusal in (REFUSED_NO_KEY, REFUSED_WRONG_KEY):
-        assert log.count(refusal) == 1, f"{refusal!r} logged {log.count(refusal)} times:\n{log}"
+    assert log.count(REFUSED_WRONG_KEY) == 1, log
+    # a keyless peer: whichever side notices the mechanism mismatch first, the target sees it
+    # refused or sees the connection end during the handshake; each is logged once a minute
+    keyless = [log.count(REFUSED_NO_KEY), log.count(ENDED_IN_HANDSHAKE)]
+    assert sum(keyless) >= 1 and max(keyless) == 1, log
 
 
 @pytest.fixture(scope="module", autouse=True)
