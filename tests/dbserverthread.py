@@ -12,8 +12,12 @@ class RunningServer:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.server = DbServer(config)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        ready = threading.Event()
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(ready.set,),
+                                       daemon=True)
         self.thread.start()
+        # as systemd waits for READY=1: requests signed before are refused as too early
+        assert ready.wait(10), "the dbserver did not get ready"
 
     def stop(self) -> None:
         self.server.stop()

@@ -124,3 +124,10 @@ def test_engine_ports_and_config_pass_on_a_running_engine(running_engine: Contex
 
     assert [r.status for r in results] == [Status.PASS] * 4, results
     assert results[2].found == "0 of 2 processes busy"
+
+
+def test_the_handshake_check_passes_on_a_running_engine(running_engine: Context) -> None:
+    results = list(pool_checks.handshakes_refuse_keyless_peers(running_engine))
+
+    assert [r.status for r in results] == [Status.PASS] * 2, results  # the pool, the dbserver
+    assert all("keyless: refused: no key, keyed: accepted" in r.found for r in results)

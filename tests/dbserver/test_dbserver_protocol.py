@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+from oqzmq import zap
 from oqzmq.auth import Signer
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import REFUSAL, DbClient, DbServer, DbServerError, channels, ping
@@ -48,7 +49,8 @@ def test_a_stopped_dbserver_is_reported_at_once_with_the_fix(config: Config) -> 
 
 
 def test_a_hung_dbserver_is_reported_after_the_timeout(config: Config) -> None:
-    silent = zmq.Context.instance().socket(zmq.ROUTER)
+    # past the handshake (it holds the key), then silent
+    silent = zap.serve(zmq.Context.instance().socket(zmq.ROUTER), config.authkey, "silent")
     silent.bind(f"tcp://127.0.0.1:{config.db_port}")
     try:
         with pytest.raises(DbServerError, match=r"did not answer within 0.3 s.*dbserver status"):
@@ -69,7 +71,8 @@ def test_errors_of_the_database_come_back_as_messages(dbserver, config: Config) 
 
 
 def _raw_socket(config: Config) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(zmq.DEALER)
+    # a peer that passes the handshake: these tests are about the messages
+    sock = zap.client(zmq.Context.instance().socket(zmq.DEALER), config.authkey)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 3000)
     sock.connect(f"tcp://127.0.0.1:{config.db_port}")

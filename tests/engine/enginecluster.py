@@ -69,7 +69,7 @@ class Cluster:
         try:
             reply = handle.request(Ping())
         finally:
-            handle.sock.close(linger=0)
+            handle.close(linger=0)
             context.term()
         assert reply is not None, f"pool on {host} does not answer"
         return reply.pid

@@ -79,3 +79,11 @@ def hog(total_mb: int, step_mb: int, pause: float, monitor: Monitor) -> int:
 def zeros_mb(mb: int, monitor: Monitor) -> np.ndarray:
     """An array of ``mb`` MB (calloc'd: cheap until touched)."""
     return np.zeros(mb << 17)
+
+
+def echo_when(value: str, go: str, monitor: Monitor) -> str:
+    """Return ``value`` once the file ``go`` exists (at once if ``go`` is empty)."""
+    deadline = time.monotonic() + 120
+    while go and not Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value

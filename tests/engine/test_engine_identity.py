@@ -25,6 +25,7 @@ import pytest
 import zmq
 from dbserverthread import RunningServer
 from freeports import free_port
+from oqzmq import zap
 from oqzmq.auth import Signer
 from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, DbServerError, channels, db_file
@@ -141,7 +142,7 @@ def test_an_old_client_is_told_to_upgrade_and_served_without_multi_user(
         server = RunningServer(config)
         try:
             request_channel, _ = channels(config)
-            sock = zmq.Context.instance().socket(zmq.DEALER)
+            sock = zap.client(zmq.Context.instance().socket(zmq.DEALER), config.authkey)
             sock.setsockopt(zmq.LINGER, 0)
             sock.connect(f"tcp://127.0.0.1:{config.db_port}")
             old = {"id": 1, "cmd": "list_calcs", "user": "openquake", "args": {}}

@@ -15,7 +15,7 @@ import pytest
 import zmq
 from enginecluster import AUTHKEY, Cluster
 from enginetasks import pid_then_sleep, touch
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import BLAKE2B, HMAC_SHA256, POLY1305, Signer
 from oqzmq.config import Config
 from oqzmq.parallel import Starmap
@@ -60,9 +60,10 @@ def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_p
     logged_before = len(cluster.log(POOL))
     endpoint = f"tcp://{POOL}:{config.ctrl_port}"
     context = zmq.Context()
-    results = context.socket(zmq.PULL)
+    results = zap.serve(context.socket(zmq.PULL), AUTHKEY, "the test's results")
     reply_endpoint = f"tcp://127.0.0.1:{results.bind_to_random_port('tcp://127.0.0.1')}"
-    attacker = context.socket(zmq.DEALER)
+    # a peer that passes the handshake (see test_engine_handshake.py for one that does not)
+    attacker = zap.client(context.socket(zmq.DEALER), AUTHKEY)
     attacker.connect(endpoint)
     markers = {}
     try:
@@ -107,7 +108,7 @@ def test_receiver_rejects_bad_messages(
     smap.submit(str(tmp_path / "pid"), 1.0)
     channel = f"recv:{smap.endpoint}"
     context = zmq.Context()
-    attacker = context.socket(zmq.PUSH)
+    attacker = zap.client(context.socket(zmq.PUSH), AUTHKEY)
     attacker.connect(smap.endpoint)
     report = (0.0, 0, 1, None, None)
     try:
@@ -127,7 +128,10 @@ def test_receiver_rejects_bad_messages(
         context.term()
     assert len(results) == 1 and isinstance(results[0], int)  # the real worker's pid
     assert not list(tmp_path.glob("unpickled-*"))
-    rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()]
+    # a message for an earlier Starmap on this port, delivered late on a loaded machine, is
+    # refused as stamped before this receiver started: not one of the attacks
+    rejected = [r.getMessage() for r in caplog.records if "rejected message" in r.getMessage()
+                and "too early: this receiver started" not in r.getMessage()]
     assert len(rejected) == 4, rejected
     assert any("replayed" in text for text in rejected)
 
@@ -137,7 +141,7 @@ def test_an_authentic_message_of_another_release_is_logged_and_survived(
 ) -> None:
     endpoint = f"tcp://{POOL}:{config.ctrl_port}"
     context = zmq.Context()
-    sender = context.socket(zmq.DEALER)
+    sender = zap.client(context.socket(zmq.DEALER), AUTHKEY)
     sender.connect(endpoint)
     old_submit = ("submit", "old-release", "tcp://127.0.0.1:9", [(0, 1)])  # before 2026-12-02
     try:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 import zmq
 from freeports import free_port
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import Verifier
 from oqzmq.worker import MAX_RECEIVER_SOCKETS, ReceiverSockets
 
@@ -65,7 +65,7 @@ def test_messages_reach_the_next_receiver_bound_on_the_same_port(context: zmq.Co
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     receivers = ReceiverSockets(context, AUTHKEY)
     for token in ("starmap-a", "starmap-b"):
-        pull = context.socket(zmq.PULL)
+        pull = zap.serve(context.socket(zmq.PULL), AUTHKEY, "the test's receiver")
         bind_when_free(pull, endpoint)
         sock, signer = receivers.get(endpoint, token)
         protocol.send(sock, signer, protocol.Heartbeat(token), [b"payload"])

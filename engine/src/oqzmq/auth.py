@@ -18,8 +18,9 @@ Wire format of one signed message (a zmq multipart message)::
               nonce: 16 random bytes per message
 
 Why a MAC and not zmq CURVE: the key comes straight from the one cluster secret that
-provisioning already writes into openquake.cfg (no key distribution, no ZAP handler thread),
-and the check happens where we can log the peer and carry on.
+provisioning already writes into openquake.cfg (no key distribution), and the check happens
+where we can log the peer and carry on. (Peers without the key are refused earlier, at the
+zmq handshake: :mod:`oqzmq.zap`; the MAC still authenticates every message.)
 
 Why three schemes: every result byte is hashed twice (by the signer and by the verifier), so
 the MAC's speed bounds the bandwidth of large results. Poly1305 (OpenSSL's SIMD code, through
@@ -34,6 +35,27 @@ and 2 (standard library only) remain for nodes whose OpenSSL lacks Poly1305 (FIP
 verifier accepts all three, and the scheme byte is covered by the MAC it selects, so it cannot
 be switched without the key. (CURVE measured ~0.2 GB/s and also encrypts, which the cluster
 network does not need.)
+
+Replays. A verifier refuses a message whose counter it has already seen from that sender
+(kept for ``window`` seconds), one stamped more than ``window`` seconds ago (queueing delay
+plus skew) and one stamped more than ``skew`` (:data:`MAX_CLOCK_SKEW`) seconds ahead of its
+clock. Its memory dies with the process, so a restart alone would reopen the window; the
+timestamp closes it, with no state kept across runs and no change on the wire: a *service*
+verifier (a fixed address that a previous run may have served: the dbserver, a workerpool's
+control socket) is created once its socket is bound and refuses anything stamped up to
+``skew`` seconds after that (``not_before``). The previous run is dead by then (it held the
+port) and never accepted a stamp later than its own clock + ``skew``: the same host's clock,
+earlier. So every message it accepted is refused now, however quick the restart; this holds
+whatever the senders' clocks say, and only needs this host's clock not to step back across
+the restart (NTP slews; chrony steps only at boot). Clock skew between hosts costs
+availability, not safety: a sender whose clock is ahead by more than ``skew`` is refused with
+the skew in the log; one that is behind waits that much longer after a restart. A legitimate
+sender's first message within ``skew`` seconds of a restart is refused as too early
+(:class:`StampError` with ``retry``): the dbserver's clients sign it again, the master pings a
+pool until it answers. Verifiers with a channel or a token of their own per run (a
+calculation's receiver, worker <-> pool over a private ipc socket) refuse stamps older than
+their start - ``skew``: the ipc channel names a fresh directory per pool, so a message for an
+earlier pool fails its MAC; results for an earlier calculation carry its token and are dropped.
 """
 
 from __future__ import annotations
@@ -43,9 +65,10 @@ import hashlib
 import hmac
 import itertools
 import os
+import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +82,9 @@ MAC_SIZE = 32
 HEADER = struct.Struct("!B16sQd")
 _LENGTH = struct.Struct("!Q")
 DEFAULT_WINDOW = 300.0
+MAX_CLOCK_SKEW = 2.0  # seconds a sender's clock may be ahead of a verifier's (NTP: ~1 ms; an
+# unsynced VM reads its RTC at boot to the second, so two can start up to 1 s apart)
+_HOST = socket.gethostname()
 
 Buffer = Any  # bytes | memoryview | zmq.Frame | pickle.PickleBuffer: anything with a buffer
 Digest = Any  # a started hashlib.blake2b, hmac.HMAC or Poly1305 object: .update()
@@ -66,6 +92,17 @@ Digest = Any  # a started hashlib.blake2b, hmac.HMAC or Poly1305 object: .update
 
 class AuthError(Exception):
     """A message failed authentication; the text says why (never includes the key)."""
+
+
+class StampError(AuthError):
+    """An authentic message whose timestamp is refused. ``retry``: the same request signed
+    again later passes (the verifier has just started, or the sender's clock is behind)."""
+
+    def __init__(self, text: str, retry: bool = False) -> None:
+        super().__init__(text)
+        self.retry = retry
+        self.header = b""  # the refused message's header: its sender and counter
+        self.frames: list[memoryview] = []  # its payload: authentic, only too old or early
 
 
 def _secret(authkey: str | bytes) -> bytes:
@@ -191,19 +228,24 @@ def as_view(frame: Buffer) -> memoryview:
     return view if view.format == "B" and view.contiguous else view.cast("B")
 
 
+Clock = Callable[[], float]
+
+
 class Signer:
     """Signs outgoing multipart messages for one channel (destination endpoint)."""
 
-    def __init__(self, authkey: str | bytes, channel: str, scheme: int | None = None) -> None:
+    def __init__(self, authkey: str | bytes, channel: str, scheme: int | None = None,
+                 clock: Clock = time.time) -> None:
         self.scheme = fastest_scheme() if scheme is None else scheme
         self._mac = _schemes()[self.scheme](_secret(authkey), channel)
         self.channel = channel
         self.sender = os.urandom(16)
         self._counter = itertools.count(1)  # next() is atomic: threads never share a value
+        self._clock = clock
 
     def next_header(self) -> bytes:
         """A fresh header (sender id, next counter, now), for :meth:`sign`'s ``header``."""
-        return HEADER.pack(self.scheme, self.sender, next(self._counter), time.time())
+        return HEADER.pack(self.scheme, self.sender, next(self._counter), self._clock())
 
     def sign(self, frames: Sequence[Buffer], header: bytes | None = None) -> list[Buffer]:
         """Return ``[mac, header, *frames]`` ready for ``send_multipart(..., copy=False)``.
@@ -216,16 +258,29 @@ class Signer:
 
 
 class Verifier:
-    """Checks incoming messages for one channel; remembers senders to reject replays."""
+    """Checks incoming messages for one channel; refuses replays (see "Replays" above).
+
+    ``service``: this verifier serves a fixed address that a previous run of the same service
+    may have served (the dbserver, a workerpool's control socket): create it once the socket
+    is bound; it refuses every message stamped up to ``skew`` seconds after its creation (see
+    :attr:`not_before`), so nothing the previous run accepted is accepted again. Otherwise it
+    refuses messages stamped more than ``skew`` seconds before its creation.
+    """
 
     def __init__(
-        self, authkey: str | bytes, channel: str, window: float = DEFAULT_WINDOW
+        self, authkey: str | bytes, channel: str, window: float = DEFAULT_WINDOW, *,
+        service: bool = False, skew: float = MAX_CLOCK_SKEW, clock: Clock = time.time,
     ) -> None:
         secret = _secret(authkey)
         self._macs: dict[int, Mac] = {scheme: make(secret, channel)
                                       for scheme, make in _schemes().items()}
         self.channel = channel
         self.window = window
+        self.skew = skew
+        self.service = service
+        self._clock = clock
+        self.started = clock()
+        self.not_before = self.started + skew if service else self.started - skew
         self._last: dict[bytes, tuple[int, float]] = {}
         self._last_prune = time.monotonic()
         # kind of rejection -> (minute started, logged, not logged): protocol's log limit
@@ -249,22 +304,40 @@ class Verifier:
         if not hmac.compare_digest(expected, bytes(mac)):
             raise AuthError(f"bad MAC (unsigned, tampered or signed with another key/channel "
                             f"than {self.channel!r})")
-        self._check_fresh(sender, counter, stamp)
+        try:
+            self._check_fresh(sender, counter, stamp)
+        except StampError as exc:  # a service may answer it: name the message it refuses
+            exc.header, exc.frames = bytes(header), frames
+            raise
         return frames
 
     def _check_fresh(self, sender: bytes, counter: int, stamp: float) -> None:
-        now = time.time()
-        if abs(now - stamp) > self.window:
-            raise AuthError(
-                f"stale message: timestamp {now - stamp:+.0f}s from this clock, more than the "
-                f"{self.window:.0f}s window (left in a socket by an earlier calculation on this "
-                f"port, a replay, or clocks out of sync: run NTP)"
-            )
+        now = self._clock()
+        if not (self.not_before < stamp and now - self.window <= stamp <= now + self.skew):
+            raise self._stamp_error(stamp, now)
         last = self._last.get(sender)
         if last is not None and counter <= last[0]:
             raise AuthError(f"replayed message: counter {counter} <= {last[0]} already seen")
         self._last[sender] = (counter, now)
         self._prune(now)
+
+    def _stamp_error(self, stamp: float, now: float) -> StampError:
+        if stamp > now + self.skew:
+            return StampError(
+                f"timestamp {stamp - now:.3f} s ahead of the clock of {_HOST} (at most "
+                f"{self.skew:g} s allowed): the sender's clock is ahead; sync the clocks of "
+                f"the cluster (chrony/NTP)")
+        if stamp <= self.not_before:
+            start = time.strftime("%H:%M:%S", time.localtime(self.started))
+            return StampError(
+                f"stamped {self.not_before - stamp:.3f} s too early: this receiver started at "
+                f"{start} on {_HOST} and refuses messages stamped before "
+                f"{'its start + ' if self.service else 'its start - '}{self.skew:g} s "
+                f"(a replay of a message sent before it started, or a sender whose clock is "
+                f"behind: sign it again, or sync the clocks with chrony/NTP)", retry=True)
+        return StampError(
+            f"stale message: timestamp {now - stamp:.0f} s old by the clock of {_HOST}, more "
+            f"than the {self.window:.0f}s window (replay, or clocks out of sync: run NTP)")
 
     def _prune(self, now: float) -> None:
         if time.monotonic() - self._last_prune < self.window:

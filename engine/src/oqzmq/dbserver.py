@@ -4,7 +4,11 @@ Protocol: a zmq ROUTER socket on ``[dbserver] listen``:``port``. Every request a
 reply is one JSON frame signed with :mod:`oqzmq.auth` (a MAC keyed from ``[dbserver]
 authkey``, with replay protection); nothing is unpickled, and a message that fails
 authentication is logged and answered only with a fixed, unsigned refusal so that a client
-holding the wrong key gets a clear error instead of a timeout.
+holding the wrong key gets a clear error instead of a timeout. An authentic request refused for
+its timestamp (sent before this dbserver started, or from a clock too far ahead: see "Replays"
+in :mod:`oqzmq.auth`) is answered with a signed reply naming the refused message's header
+(``"refused"``) and whether it may be signed again (``"retry"``): the client does so at once,
+so its first request after a restart costs at most ``MAX_CLOCK_SKEW`` seconds more.
 
 Request (version 2), two frames under the cluster MAC: the JSON object
 ``{"v": 2, "id": N, "cmd": "list_calcs", "user": "alice", "args": {...}}`` and the user MAC
@@ -41,8 +45,8 @@ from typing import Any
 
 import zmq
 
-from oqzmq import __version__
-from oqzmq.auth import AuthError, Signer, Verifier
+from oqzmq import __version__, zap
+from oqzmq.auth import AuthError, Signer, StampError, Verifier
 from oqzmq.config import Config
 from oqzmq.db import Calc, CalcDB, DbError, TaskTiming
 from oqzmq.errors import UserError
@@ -66,6 +70,7 @@ MAX_LIST = 10_000
 # zmq drops larger messages before we see them: an unauthenticated peer cannot make the
 # dbserver buffer gigabytes. Clients send logs in batches far below this.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+RETRY_SECONDS = 0.05  # a request refused as stamped too early is signed and sent again
 SWEEP_SECONDS = 2.0  # how often active calculations whose process is gone are marked failed
 # A calculation running on another host ships its logs every 0.5 s: this long without a word
 # from it, its process is taken for dead (its pid cannot be checked from here).
@@ -307,7 +312,6 @@ class DbServer:
         self.config = config
         self.address = f"tcp://{config.db_listen}:{config.db_port}"
         request_channel, reply_channel = channels(config)
-        self._verifier = Verifier(authkey, request_channel)
         self._signer = Signer(authkey, reply_channel)
         self._stopping = threading.Event()
         self._db = CalcDB(db_path or db_file(config))
@@ -318,9 +322,12 @@ class DbServer:
                                admins=config.admins)
         self._context = zmq.Context()
         self._socket = self._bind()
+        # created once the port is ours: the previous dbserver is gone (see oqzmq.auth)
+        self._verifier = Verifier(authkey, request_channel, service=True)
 
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
+        zap.serve(sock, self.config.require_authkey(), f"the dbserver {self.address}")
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
         try:
@@ -340,6 +347,8 @@ class DbServer:
         self._stopping.set()
 
     def serve_forever(self, ready: Callable[[], None] | None = None) -> None:
+        # requests stamped before this instant are refused (a replay from before a restart)
+        self._stopping.wait(max(0.0, self._verifier.not_before - time.time()))
         log.info("dbserver %s listening on %s, database %s (multi_user=%s)",
                  __version__, self.address, self._db.path, self.config.multi_user)
         if ready is not None:
@@ -374,10 +383,23 @@ class DbServer:
         except AuthError as exc:
             peer = _peer_address(message[-1])
             log.warning("refused a message from %s: %s", peer, exc)
-            self._socket.send_multipart([identity, REFUSAL])
+            refusal = self._stamp_refusal(exc) if isinstance(exc, StampError) else [REFUSAL]
+            self._socket.send_multipart([identity, *refusal])
             return
         reply = self._reply_to(bytes(frames[1]), payload)
         self._socket.send_multipart([identity, *self._signer.sign([reply])])
+
+    def _stamp_refusal(self, exc: StampError) -> list[Any]:
+        """A signed answer to an authentic request refused for its timestamp, tied to that
+        message (``refused``: its header), so its client knows whether to sign it again."""
+        try:
+            request = json.loads(bytes(exc.frames[0]))
+            request_id = request.get("id") if isinstance(request, dict) else None
+        except (ValueError, IndexError):
+            request_id = None
+        response = {"id": request_id, "ok": False, "retry": exc.retry,
+                    "refused": exc.header.hex(), "error": f"refused our request: {exc}"}
+        return self._signer.sign([json.dumps(response).encode()])
 
     def _reply_to(self, header: bytes, payload: list[memoryview]) -> bytes:
         try:
@@ -472,11 +494,12 @@ class DbClient:
         self._ids = itertools.count(1)
         self._local: Actions | None = None
         self._socket: zmq.Socket | None = None
+        self._handshake: zmq.Socket  # the monitor of _socket (zap.watch_handshake)
         if os.environ.get("OQ_DATABASE") == "local":
             self._local = Actions(CalcDB(db_file(config)), config.multi_user,
                                   admins=config.admins)
             return
-        authkey = config.require_authkey()
+        authkey = self._authkey = config.require_authkey()
         request_channel, reply_channel = channels(config)
         self._signer = Signer(authkey, request_channel)
         self._verifier = Verifier(authkey, reply_channel)
@@ -533,8 +556,11 @@ class DbClient:
     def _connected(self) -> zmq.Socket:
         if self._socket is None:
             self._probe()
-            sock = self._context.socket(zmq.DEALER)
+            sock = zap.client(self._context.socket(zmq.DEALER), self._authkey)
+            self._handshake = zap.watch_handshake(sock)
             sock.setsockopt(zmq.LINGER, 0)
+            # no connection to send on (refused at the handshake: see _send): do not block
+            sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))
             sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
             sock.connect(self.address)
             self._socket = sock
@@ -560,31 +586,78 @@ class DbClient:
         key = self._key(request["cmd"])
         sock = self._connected()
         body = json.dumps(request).encode()
-        header = self._signer.next_header()
-        mac = request_mac(key, header, body) if key is not None else b""
-        sock.send_multipart(self._signer.sign([body, mac], header))
+        sent = self._send(sock, body, key)
         deadline = time.monotonic() + self.timeout
+        refusal: dict[str, Any] | None = None
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._handshake, zmq.POLLIN)
         while (remaining := deadline - time.monotonic()) > 0:
-            if not sock.poll(int(remaining * 1000) + 1):
+            ready = dict(poller.poll(int(remaining * 1000) + 1))
+            if not ready:
                 break
+            if self._handshake in ready:
+                self._check_handshake()
+            if sock not in ready:
+                continue
             response = self._read_reply(sock.recv_multipart())
-            if response.get("id") == request["id"]:
+            refused = response.get("refused", sent)
+            if refused == sent and response.get("retry"):
+                # a dbserver that has just (re)started: this very message was not run
+                refusal = response
+                time.sleep(min(RETRY_SECONDS, max(0.0, deadline - time.monotonic())))
+                sent = self._send(sock, body, key)
+            elif refused == sent and response.get("id") == request["id"]:
                 return response
             # a late answer to an earlier request that timed out: skip it
         self._drop_socket()
+        if refusal is not None:
+            return refusal
         raise DbServerUnreachable(
             f"{self.where} did not answer within {self.timeout:g} s: is it running? "
             f"{START_HINT}; `oqz dbserver status` checks it. Its address comes from "
             f"[dbserver] host/port in {self.config.source}"
         )
 
+    def _send(self, sock: zmq.Socket, body: bytes, key: bytes | None) -> str:
+        """Sign (cluster MAC, and the user MAC under ``key``) and send; the header of the
+        message sent, as a refusal would name it."""
+        header = self._signer.next_header()
+        mac = request_mac(key, header, body) if key is not None else b""
+        try:
+            sock.send_multipart(self._signer.sign([body, mac], header))
+        except zmq.Again:  # zmq dropped the connection: the handshake may have said why
+            self._handshake.poll(1000)
+            self._check_handshake()
+            self._drop_socket()
+            raise DbServerUnreachable(
+                f"{self.where} did not take our request within {self.timeout:g} s: is it "
+                f"running? {START_HINT}; `oqz dbserver status` checks it") from None
+        return header.hex()
+
+    def _wrong_key(self) -> DbServerError:
+        return DbServerError(
+            f"{self.where} refused our authentication: the [dbserver] authkey in "
+            f"{self.config.source} differs from the dbserver's; use the cluster's "
+            "openquake.cfg (OQ_CONFIG_FILE) or re-run provisioning"
+        )
+
+    def _check_handshake(self) -> None:
+        """Fail at once when the dbserver refused our zmq handshake (see :mod:`oqzmq.zap`)."""
+        why = zap.handshake_refusal(self._handshake)
+        if why:
+            self._drop_socket()
+        if why == "wrong key":
+            raise self._wrong_key()
+        if why:
+            raise DbServerError(
+                f"{self.where} refused our zmq handshake (another security mechanism): it "
+                "runs another oq-zmq-engine release than this client; run the same release "
+                "on every node (re-run site.yml)")
+
     def _read_reply(self, frames: list[bytes]) -> dict[str, Any]:
         if frames == [REFUSAL]:
-            raise DbServerError(
-                f"{self.where} refused our authentication: the [dbserver] authkey in "
-                f"{self.config.source} differs from the dbserver's; use the cluster's "
-                "openquake.cfg (OQ_CONFIG_FILE) or re-run provisioning"
-            )
+            raise self._wrong_key()
         try:
             payload = self._verifier.verify(frames)
             return json.loads(bytes(payload[0]))
@@ -593,6 +666,8 @@ class DbClient:
 
     def _drop_socket(self) -> None:
         if self._socket is not None:
+            self._socket.disable_monitor()
+            self._handshake.close(linger=0)
             self._socket.close(linger=0)
             self._socket = None
 

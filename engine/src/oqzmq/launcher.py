@@ -165,7 +165,7 @@ def query_pools(
         return {h.host: h.request(query, timeout) for h in handles}
     finally:
         for handle in handles:
-            handle.sock.close(linger=0)
+            handle.close(linger=0)
         context.term()
 
 

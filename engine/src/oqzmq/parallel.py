@@ -65,7 +65,7 @@ from typing import Any
 
 import zmq
 
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.config import Config, load_config
 from oqzmq.errors import PortsExhausted, TaskError, UserError, WorkerLost
@@ -177,7 +177,7 @@ class LeaseKeeper:
                     tokens.setdefault((endpoint, authkey), []).append(token)
             for key, held in tokens.items():
                 if key not in sockets:
-                    sock = context.socket(zmq.DEALER)
+                    sock = zap.client(context.socket(zmq.DEALER), key[1])
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.setsockopt(zmq.SNDHWM, 16)  # a frozen pool needs only the latest
                     sock.connect(key[0])
@@ -312,12 +312,14 @@ class Starmap:
             local = LocalPool.get()
             authkey = local.authkey
             self.endpoint = f"ipc://{local.tmpdir.name}/recv-{self.token}"
+            zap.serve(self._receiver, authkey, f"the result receiver {self.endpoint}")
             self._receiver.bind(self.endpoint)
             self._pools = [connect_pool(self._context, authkey, "localhost", local.endpoint,
                                         max_bytes)]
             timeout = 60.0  # the first start of the private pool imports the world
         elif self.distribute == "zmq":
             authkey = self.config.require_authkey()
+            zap.serve(self._receiver, authkey, f"the result receiver of {self.name}")
             self.endpoint = self._bind_receiver_port()
             self._pools = [
                 connect_pool(self._context, authkey, hc.host, f"tcp://{hc.host}:"
@@ -648,7 +650,7 @@ class Starmap:
             if pool.outstanding:
                 with contextlib.suppress(zmq.ZMQError):
                     pool.send(Cancel(self.token))
-            pool.sock.close(linger=200)
+            pool.close(linger=200)
         if self._receiver is not None:
             self._receiver.close(linger=0)
         if self._context is not None:

@@ -7,16 +7,22 @@ The messages are those of :mod:`oqzmq.protocol` on the ``ctrl:``/``ctrl-reply:``
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 
 import zmq
 
-from oqzmq import protocol
-from oqzmq.auth import Buffer, Signer, Verifier
+from oqzmq import protocol, zap
+from oqzmq.auth import MAX_CLOCK_SKEW, Buffer, Signer, Verifier
 from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
 
+log = logging.getLogger(__name__)
+
 PING_TIMEOUT = 5.0
+# A pool refuses what was stamped before it could take messages (oqzmq.auth, "Replays"): a
+# ping sent while it (re)started goes unanswered, so silent pools are pinged again this often.
+REPING = 2 * MAX_CLOCK_SKEW
 # Tasks submitted together travel together: fewer, larger messages for tiny tasks (see
 # oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than). A batch leaves
 # when it holds TASK_BATCH_COUNT tasks or TASK_BATCH_BYTES of arguments, or when the
@@ -47,6 +53,8 @@ class PoolHandle:
     last_flush: float = 0.0
     alive: bool = True  # False once dropped (silent); True again when it answers a ping
     last_ping: float = 0.0
+    handshake: zmq.Socket | None = None  # the monitor of sock (zap.watch_handshake)
+    refused: str = ""  # why the pool refused our zmq handshake, once it did
 
     @property
     def pool_id(self) -> str:
@@ -75,7 +83,32 @@ class PoolHandle:
         self.last_flush = time.monotonic()
 
     def send(self, message: Message, body: list[Buffer] | tuple[()] = ()) -> None:
-        protocol.send(self.sock, self.signer, message, body)
+        """Send (waiting while the pool's queue is full); a pool that refused our handshake
+        (another authkey) has no connection to take it: the message is dropped and the pool
+        stays silent, where zmq would block for ever."""
+        while True:
+            try:
+                protocol.send(self.sock, self.signer, message, body)
+                return
+            except zmq.Again:
+                if self.handshake_refused():
+                    return
+
+    def handshake_refused(self) -> bool:
+        if not self.refused and self.handshake is not None:
+            self.refused = zap.handshake_refusal(self.handshake)
+            if self.refused:
+                log.warning("the workerpool at %s refused our zmq handshake (%s): its [dbserver] "
+                            "authkey differs from ours, or it runs another release; see its log",
+                            self.endpoint, self.refused)
+        return bool(self.refused)
+
+    def close(self, linger: int = 0) -> None:
+        if self.handshake is not None:
+            self.sock.disable_monitor()
+            self.handshake.close(linger=0)
+            self.handshake = None
+        self.sock.close(linger=linger)
 
     def request(self, query: Query[ReplyT], timeout: float = PING_TIMEOUT) -> ReplyT | None:
         """Send ``query`` and wait for its reply (None on timeout)."""
@@ -97,25 +130,30 @@ class PoolHandle:
 def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
                  max_bytes: int) -> PoolHandle:
     """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
-    sock = protocol.limit(context.socket(zmq.DEALER), max_bytes)
+    sock = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey)
     sock.setsockopt(zmq.LINGER, 1000)
+    sock.setsockopt(zmq.SNDTIMEO, 1000)  # then PoolHandle.send checks the handshake
+    handshake = zap.watch_handshake(sock)
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
-                      Verifier(authkey, f"ctrl-reply:{endpoint}"))
+                      Verifier(authkey, f"ctrl-reply:{endpoint}"), handshake=handshake)
 
 
 def ping_pools(pools: list[PoolHandle], timeout: float = PING_TIMEOUT) -> list[PoolHandle]:
-    """Ping all pools at once; note their sizes and pids; return the ones that did not
-    answer."""
-    for pool in pools:
-        pool.send(Ping())
+    """Ping all pools at once (the silent ones again every :data:`REPING` s); note their
+    sizes and pids; return the ones that did not answer."""
     silent = {pool.endpoint: pool for pool in pools}
     deadline = time.monotonic() + timeout
     poller = zmq.Poller()
     for pool in pools:
         poller.register(pool.sock, zmq.POLLIN)
+    reping = time.monotonic()
     while silent and (left := deadline - time.monotonic()) > 0:
-        for sock, _ in poller.poll(int(left * 1000) + 1):
+        if time.monotonic() >= reping:
+            for pool in silent.values():
+                pool.send(Ping())
+            reping = time.monotonic() + REPING
+        for sock, _ in poller.poll(int(min(left, reping - time.monotonic()) * 1000) + 1):
             pool = next(p for p in pools if p.sock is sock)
             reply = protocol.recv(sock, pool.verifier)
             if reply is not None and reply.kind == Pong.KIND:

@@ -26,7 +26,7 @@ from typing import Any
 
 import zmq
 
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.errors import ResultTooLarge
 from oqzmq.monitor import Monitor, OperationStats, peak_memory_mb
@@ -134,7 +134,7 @@ class ReceiverSockets:
         return cached[0], cached[1]
 
     def _connect(self, endpoint: str) -> zmq.Socket:
-        sock = self._context.socket(zmq.PUSH)
+        sock = zap.client(self._context.socket(zmq.PUSH), self._authkey)
         sock.setsockopt(zmq.SNDHWM, RECEIVER_HWM)
         sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         sock.setsockopt(zmq.LINGER, 10_000)
@@ -232,7 +232,7 @@ def worker_main(
 
         multiprocessing.spawn.import_main_path(main_path)
     context = zmq.Context()
-    dealer = protocol.limit(context.socket(zmq.DEALER), max_bytes)
+    dealer = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey)
     dealer.setsockopt(zmq.ROUTING_ID, ident)
     dealer.setsockopt(zmq.LINGER, 2000)
     dealer.connect(pool_endpoint)

@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from oqzmq import protocol
+from oqzmq import protocol, zap
 from oqzmq.auth import Signer, Verifier
 from oqzmq.config import ConfigError, load_config
 from oqzmq.memory import MemoryLimits, memory_cgroup, oom_kills
@@ -259,14 +259,19 @@ class WorkerPool:
         self.size = cores if cores > 0 else (os.cpu_count() or 1)
         self.context = zmq.Context()
         self.ctrl = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
+        zap.serve(self.ctrl, authkey, f"the workerpool's control socket {endpoint}")
         self.ctrl.setsockopt(zmq.LINGER, 1000)
         self.ctrl.bind(endpoint)
-        self._ctrl_in = Verifier(authkey, f"ctrl:{endpoint}")
+        # created once the port is ours: the previous pool is gone (see oqzmq.auth). The private
+        # pool of processpool mode (ipc) has a fresh key and directory of its own every time.
+        self._ctrl_in = Verifier(authkey, f"ctrl:{endpoint}",
+                                 service=endpoint.startswith("tcp://"))
         self._ctrl_out = Signer(authkey, f"ctrl-reply:{endpoint}")
         self._tmp = tempfile.TemporaryDirectory(prefix="oqz-pool-")
         os.chmod(self._tmp.name, 0o700)
         self.workers_endpoint = f"ipc://{self._tmp.name}/workers"
         self.workers_sock = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
+        zap.serve(self.workers_sock, authkey, "the workerpool's worker socket")
         self.workers_sock.setsockopt(zmq.LINGER, 0)
         self.workers_sock.bind(self.workers_endpoint)
         self._from_workers = Verifier(authkey, f"pool:{self.workers_endpoint}")
@@ -348,6 +353,11 @@ class WorkerPool:
                         batch.endpoint)
 
     # --- event loop
+    def wait_accepting(self) -> None:
+        """Until the control socket takes messages: those stamped before are refused, as a
+        replay from before a restart would be."""
+        time.sleep(max(0.0, self._ctrl_in.not_before - time.time()))
+
     def serve(self) -> None:
         poller = zmq.Poller()
         poller.register(self.ctrl, zmq.POLLIN)
@@ -663,7 +673,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: setattr(pool, "terminate_reason", "got SIGTERM"))
     signal.signal(signal.SIGHUP, lambda *_: pool.request_restart())
     pool.start_workers()
-    notify("READY=1")  # systemd Type=notify: the control socket is bound, workers starting
+    pool.wait_accepting()
+    notify("READY=1")  # systemd Type=notify: the control socket takes messages, workers starting
     pool.serve()
     return pool.exit_code
 

@@ -72,3 +72,38 @@ def _pool_state(pool: dict[str, Any]) -> str:
 @pytest.mark.usefixtures("on_master", "bundled_engine")
 def test_workerpools_answer_the_masters_authenticated_ping(across: Context, report: Any) -> None:
     report(workerpools_answer(across))
+
+
+def handshakes_refuse_keyless_peers(ctx: Context) -> Iterator[CheckResult]:
+    """Each workerpool's control port and the dbserver refuse, at the zmq handshake, a peer
+    without the cluster key and accept one with it (`python -m oqzmq.zap`, from the master):
+    a keyless peer cannot make them buffer its messages (issue 20)."""
+    user, master = ctx.setting("oq_user"), ctx.master
+    targets = {f"tcp://{worker.address}:{ctx.setting('oq_ctrl_port')}": worker.name
+               for worker in ctx.workers}
+    targets[f"tcp://{master.address}:{ctx.setting('oq_dbserver_port')}"] = master.name
+    command = "OQ_CONFIG_FILE=%s %s -m oqzmq.zap" + " %s" * len(targets)
+    out = master.run_as(user, command, config_file(master),
+                        f"{ctx.setting('oq_venv_dir')}/bin/python", *targets)
+    outcomes = json_object(out.stdout) or {}
+    check = "the zmq handshake refuses a peer without the cluster key, accepts the key"
+    expected = "keyless: refused, keyed: accepted"
+    for endpoint, host in targets.items():
+        outcome = outcomes.get(endpoint)
+        if not isinstance(outcome, dict):
+            yield failed(host, check, expected, f"{endpoint}: {out.text or out.rc}",
+                         ENGINE_RELEASE_FIX, security=True)
+            continue
+        found = f"{endpoint}: keyless: {outcome['keyless']}, keyed: {outcome['keyed']}"
+        if str(outcome["keyless"]).startswith("refused") and outcome["keyed"] == "accepted":
+            yield passed(host, check, found, security=True)
+        else:
+            yield failed(host, check, expected, found,
+                         f"{ENGINE_RELEASE_FIX}, then restart the engine's services",
+                         security=True)
+
+
+@pytest.mark.usefixtures("on_master", "bundled_engine")
+def test_the_handshake_refuses_peers_without_the_cluster_key(across: Context,
+                                                             report: Any) -> None:
+    report(handshakes_refuse_keyless_peers(across))
