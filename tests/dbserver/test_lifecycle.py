@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 from oqzmq import logs
+from oqzmq.auth import MAX_CLOCK_SKEW
 from oqzmq.config import Config
 from oqzmq.dbserver import DbClient, DbServerError
 from oqzmq.logs import CalculationAborted, calculation
@@ -153,7 +154,7 @@ def test_a_dbserver_restart_during_a_calculation_loses_nothing(config: Config) -
         restarted.append(server)
         server.serve_forever()
 
-    with calculation(config, client=DbClient(config, timeout=1.0)) as calc:
+    with calculation(config, client=DbClient(config, timeout=MAX_CLOCK_SKEW + 2)) as calc:
         log.info("before the restart")
         time.sleep(0.7)  # shipped
         first.stop()
@@ -206,7 +207,7 @@ def test_records_beyond_the_buffer_during_an_outage_are_counted_in_the_log(
     monkeypatch.setattr(logs, "MAX_BUFFERED", 50)
     servers = [DbServer(config)]
     threading.Thread(target=servers[0].serve_forever, daemon=True).start()
-    with calculation(config, client=DbClient(config, timeout=1.0)) as calc:
+    with calculation(config, client=DbClient(config, timeout=MAX_CLOCK_SKEW + 2)) as calc:
         time.sleep(0.7)  # shipped: the calculation is executing
         servers[0].stop()
         time.sleep(0.5)
