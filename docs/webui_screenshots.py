@@ -15,6 +15,7 @@ Playwright: the login form, a wrong password refused, alice's list (hers only), 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -23,10 +24,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from oqzmq import launcher
-from oqzmq.config import load_config
+from oqzmq.config import Config, load_config
 from oqzmq.dbserver import DbClient, DbServer
 from oqzmq.protocol import Kill
 
@@ -39,6 +41,36 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def dbserver(config_path: Path) -> Iterator[tuple[Config, dict[str, str]]]:
+    """A dbserver in a thread for `config_path`: its config and the env for `oqz` commands."""
+    config = load_config(config_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OQ_")}
+    env["OQ_CONFIG_FILE"] = str(config_path)
+    server = DbServer(config)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield config, env
+    finally:
+        server.stop()
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def webui(env: dict[str, str]) -> Iterator[str]:
+    """`oqz webui start` on a free port: its base URL."""
+    port = free_port()
+    process = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
+                               stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(20)
 
 
 def free_block(size: int) -> int:
@@ -116,9 +148,6 @@ LOGIN_USERS = {"alice": ["PSHA Italy, 1000 sites", "scenario Messina 1908"],
 
 
 def login_screenshots() -> None:
-    from oqzmq.identity import derive_key, read_secret, secret_path
-    from playwright.sync_api import sync_playwright
-
     chromium = shutil.which("chromium")
     if chromium is None:
         raise SystemExit("chromium is not installed: apt-get install chromium")
@@ -130,66 +159,63 @@ def login_screenshots() -> None:
             f"file = {directory / 'db' / 'db.sqlite3'}\nlisten = 127.0.0.1\n"
             f"host = 127.0.0.1\nport = {free_port()}\n"
             "authkey = screenshot-secret-0123456789abcdefghij\n")
-        config = load_config(config_path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OQ_")}
-        env["OQ_CONFIG_FILE"] = str(config_path)
-        server = DbServer(config)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        webui = None
-        try:
-            secret = read_secret(secret_path(Path(config.db_file)))
-            assert secret is not None
-            for user, descriptions in LOGIN_USERS.items():
-                with DbClient(config, user=user, user_key=derive_key(secret, user)) as client:
-                    for description in descriptions:
-                        calc = client.call("create_calc", description=description,
-                                           calculation_mode="classical", host="master",
-                                           pid=os.getpid())
-                        client.call("set_status", calc_id=calc["id"], status="executing")
-                        client.call("set_status", calc_id=calc["id"], status="complete")
-                subprocess.run([*OQZ, "users", "password", user, "--stdin"], env=env,
-                               input=f"{user}-password\n", text=True, check=True,
-                               capture_output=True)
-            port = free_port()
-            webui = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
-                                     stderr=subprocess.DEVNULL)
-            time.sleep(3)
-            base = f"http://127.0.0.1:{port}"
-            with sync_playwright() as playwright:
-                browser = playwright.chromium.launch(executable_path=chromium,
-                                                     args=["--no-sandbox"])
+        with dbserver(config_path) as (config, env):
+            record_login_calculations(config, env)
+            with webui(env) as base:
+                browse_logins(base, chromium)
 
-                def shot(page, name: str) -> None:
-                    page.wait_for_load_state("networkidle")
-                    page.screenshot(path=DOCS / name)
-                    print(f"wrote {DOCS / name}")
 
-                def log_in(page, user: str, password: str) -> None:
-                    page.goto(f"{base}/")
-                    page.fill("#username", user)
-                    page.fill("#password", password)
-                    page.click("#login")
+def record_login_calculations(config: Config, env: dict[str, str]) -> None:
+    """alice's, bob's and openquake's calculations, and their webui passwords."""
+    from oqzmq.identity import derive_key, read_secret, secret_path
 
-                page = browser.new_page(viewport={"width": 1100, "height": 330})
-                page.goto(f"{base}/")
-                shot(page, "webui-login.png")
-                log_in(page, "alice", "not-her-password")
-                shot(page, "webui-login-refused.png")
-                log_in(page, "alice", "alice-password")
-                page.wait_for_selector("#calcs[data-refreshed]")
-                shot(page, "webui-list-alice.png")
-                page.click("form.logout button")
-                log_in(page, "openquake", "openquake-password")
-                page.wait_for_selector("#calcs[data-refreshed]")
-                shot(page, "webui-list-admin.png")
-                browser.close()
-        finally:
-            if webui is not None:
-                webui.terminate()
-                webui.wait(20)
-            server.stop()
-            thread.join(10)
+    secret = read_secret(secret_path(Path(config.db_file)))
+    assert secret is not None
+    for user, descriptions in LOGIN_USERS.items():
+        with DbClient(config, user=user, user_key=derive_key(secret, user)) as client:
+            for description in descriptions:
+                calc = client.call("create_calc", description=description,
+                                   calculation_mode="classical", host="master",
+                                   pid=os.getpid())
+                client.call("set_status", calc_id=calc["id"], status="executing")
+                client.call("set_status", calc_id=calc["id"], status="complete")
+        subprocess.run([*OQZ, "users", "password", user, "--stdin"], env=env,
+                       input=f"{user}-password\n", text=True, check=True,
+                       capture_output=True)
+
+
+def browse_logins(base: str, chromium: str) -> None:
+    """The login screenshots, through Playwright in `chromium`."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium,
+                                             args=["--no-sandbox"])
+
+        def shot(page, name: str) -> None:
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=DOCS / name)
+            print(f"wrote {DOCS / name}")
+
+        def log_in(page, user: str, password: str) -> None:
+            page.goto(f"{base}/")
+            page.fill("#username", user)
+            page.fill("#password", password)
+            page.click("#login")
+
+        page = browser.new_page(viewport={"width": 1100, "height": 330})
+        page.goto(f"{base}/")
+        shot(page, "webui-login.png")
+        log_in(page, "alice", "not-her-password")
+        shot(page, "webui-login-refused.png")
+        log_in(page, "alice", "alice-password")
+        page.wait_for_selector("#calcs[data-refreshed]")
+        shot(page, "webui-list-alice.png")
+        page.click("form.logout button")
+        log_in(page, "openquake", "openquake-password")
+        page.wait_for_selector("#calcs[data-refreshed]")
+        shot(page, "webui-list-admin.png")
+        browser.close()
 
 
 def main() -> int:
@@ -199,35 +225,20 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="oqz-shots-") as tmp:
         directory = Path(tmp)
         config_path = write_config(directory)
-        config = load_config(config_path)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OQ_")}
-        env["OQ_CONFIG_FILE"] = str(config_path)
-        server = DbServer(config)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
-        thread.start()
-        webui = None
-        try:
+        with dbserver(config_path) as (config, env):
             reports = launcher.start_pools(config, "local", wait=60)
             if not all(r.ok for r in reports):
                 raise SystemExit(f"workerpools did not start: {reports}")
-            complete_id, failed_id = record_calculations(env, config_path)
-            port = free_port()
-            webui = subprocess.Popen([*OQZ, "webui", "start", "--port", str(port)], env=env,
-                                     stderr=subprocess.DEVNULL)
-            time.sleep(3)
-            base = f"http://127.0.0.1:{port}"
-            screenshot(f"{base}/", DOCS / "webui-list.png", directory / "profile", 420)
-            screenshot(f"{base}/calc/{complete_id}", DOCS / "webui-calc.png",
-                       directory / "profile", 1000)
-            screenshot(f"{base}/calc/{failed_id}", DOCS / "webui-failed.png",
-                       directory / "profile", 760)
-        finally:
-            if webui is not None:
-                webui.terminate()
-                webui.wait(20)
-            launcher.query_pools(config, Kill(), timeout=2)
-            server.stop()
-            thread.join(10)
+            try:
+                complete_id, failed_id = record_calculations(env, config_path)
+                with webui(env) as base:
+                    screenshot(f"{base}/", DOCS / "webui-list.png", directory / "profile", 420)
+                    screenshot(f"{base}/calc/{complete_id}", DOCS / "webui-calc.png",
+                               directory / "profile", 1000)
+                    screenshot(f"{base}/calc/{failed_id}", DOCS / "webui-failed.png",
+                               directory / "profile", 760)
+            finally:
+                launcher.query_pools(config, Kill(), timeout=2)
     return 0
 
 
