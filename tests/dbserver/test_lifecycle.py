@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 import time
 from dataclasses import replace
 
 import pytest
+from dbserverthread import RunningServer
 from oqzmq import logs
 from oqzmq.auth import MAX_CLOCK_SKEW
 from oqzmq.config import Config
@@ -170,6 +172,42 @@ def test_a_dbserver_restart_during_a_calculation_loses_nothing(config: Config) -
     assert record["status"] == "complete"
     assert "before the restart" in messages and "while the dbserver is down" in messages
     assert messages.count("while the dbserver is down") == 1
+
+
+def test_a_connection_cut_inside_the_handshake_is_not_a_refusal(config: Config) -> None:
+    """A dbserver going down or coming up can end a connection inside the zmq handshake
+    (libzmq: EVENT_HANDSHAKE_FAILED_NO_DETAIL). That is no refusal: the client connects again
+    and is answered once the dbserver runs (the webui's long-lived client hit this)."""
+    cutter = socket.create_server((config.db_host, config.db_port))
+    stop = threading.Event()
+
+    def cut_every_connection() -> None:
+        cutter.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = cutter.accept()
+            except TimeoutError:
+                continue
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+            conn.close()  # RST inside the handshake
+
+    thread = threading.Thread(target=cut_every_connection, daemon=True)
+    thread.start()
+    answers: list[object] = []
+    client = DbClient(config, timeout=8.0)
+    asking = threading.Thread(target=lambda: answers.append(client.call("list_calcs")))
+    asking.start()
+    time.sleep(1.0)
+    stop.set()
+    thread.join(5)
+    cutter.close()
+    server = RunningServer(config)
+    try:
+        asking.join(15)
+    finally:
+        server.stop()
+        client.close()
+    assert answers and answers[0] == {"total": 0, "calcs": []}, answers
 
 
 def test_a_burst_of_log_records_is_shipped_in_batches(config: Config, client) -> None:

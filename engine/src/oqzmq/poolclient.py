@@ -14,15 +14,16 @@ from dataclasses import dataclass, field
 import zmq
 
 from oqzmq import protocol, zap
-from oqzmq.auth import MAX_CLOCK_SKEW, Buffer, Signer, Verifier
+from oqzmq.auth import Buffer, Signer, Verifier
 from oqzmq.protocol import Message, Ping, Pong, Query, ReplyT, Submit
 
 log = logging.getLogger(__name__)
 
 PING_TIMEOUT = 5.0
 # A pool refuses what was stamped before it could take messages (oqzmq.auth, "Replays"): a
-# ping sent while it (re)started goes unanswered, so silent pools are pinged again this often.
-REPING = 2 * MAX_CLOCK_SKEW
+# ping sent while it (re)started goes unanswered, so silent pools are pinged again this often
+# (seconds; not tied to MAX_CLOCK_SKEW: a pool that got ready is heard at most this late).
+REPING = 0.5
 # Tasks submitted together travel together: fewer, larger messages for tiny tasks (see
 # oqzmq.workerpool PREFETCH_MAX, which a batch should not be smaller than). A batch leaves
 # when it holds TASK_BATCH_COUNT tasks or TASK_BATCH_BYTES of arguments, or when the

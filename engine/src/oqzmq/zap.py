@@ -76,8 +76,14 @@ def serve(sock: zmq.Socket, authkey: str | bytes, label: str) -> zmq.Socket:
 
 def watch_handshake(sock: zmq.Socket) -> zmq.Socket:
     """A monitor socket of a connecting socket, to read with :func:`handshake_refusal`
-    (close it with ``sock.disable_monitor()`` and ``.close()``)."""
-    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH | _REFUSED_EVENTS)
+    (close it with ``sock.disable_monitor()`` and ``.close()``).
+
+    Only the peer's verdicts: a wrong key (AUTH) or another mechanism (PROTOCOL). A connection
+    cut inside the handshake (NO_DETAIL: the peer stopping or starting) is no refusal: libzmq
+    connects again, and taking it for one failed a long-lived client after a dbserver restart.
+    """
+    return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
+                                   | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
 
 def handshake_refusal(monitor: zmq.Socket) -> str:
@@ -86,7 +92,7 @@ def handshake_refusal(monitor: zmq.Socket) -> str:
         event = parse_monitor_message(monitor.recv_multipart())
         if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             return "wrong key"
-        if event["event"] & _REFUSED_EVENTS:
+        if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             return "mechanism"
     return ""
 
