@@ -279,3 +279,20 @@ def test_oqz_users_key_writes_a_key_only_its_user_reads(
         assert client.call("list_calcs")["total"] >= 0
     assert main(["users", "key", "no-such-account-here"]) == 2
     assert "no account named 'no-such-account-here'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another group needs root")
+def test_the_users_directory_is_made_for_the_group_of_openquake_cfg(tmp_path: Path) -> None:
+    """`oqz users password/key` make a missing users/ directory root:<group of
+    openquake.cfg> 0750: made root:root, it hid the key of the service account itself."""
+    from oqzmq.commands.users import _key_directory
+
+    cfg = tmp_path / "openquake.cfg"
+    cfg.write_text("[dbserver]\n")
+    os.chown(cfg, 0, 4242)
+
+    directory = _key_directory(cfg)
+
+    info = directory.stat()
+    assert (directory, info.st_uid, info.st_gid, info.st_mode & 0o777) == (
+        tmp_path / "users", 0, 4242, 0o750)

@@ -158,6 +158,8 @@ def load_user_key(config_path: Path | None, db_path: Path, user: str) -> bytes:
         except FileNotFoundError:
             continue
         except PermissionError:
+            if not os.access(path.parent, os.X_OK):
+                continue  # a directory this account cannot enter holds no key of its own
             raise UserKeyError(f"cannot read the user key {path} (it must be owned by {user}, "
                                f"mode 0600): {_HOW_TO_GET.format(user=user)}") from None
         return parse_key(text, path, user)

@@ -93,9 +93,7 @@ def run_key(args: argparse.Namespace) -> int:
         sys.stdout.write(content)
         return 0
     config = load_config()
-    directory = key_dir(config.path)
-    directory.mkdir(mode=0o750, exist_ok=True)
-    path = directory / f"{args.user}.key"
+    path = _key_directory(config.path) / f"{args.user}.key"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
@@ -103,7 +101,7 @@ def run_key(args: argparse.Namespace) -> int:
         os.chown(path, account.pw_uid, account.pw_gid)
     os.chmod(path, 0o600)
     print(f"wrote {path} (owner {args.user}, mode 0600); {args.user} also needs to read "
-          f"{directory} (group of {directory})")
+          f"{path.parent} (group of {path.parent})")
     return 0
 
 
@@ -114,6 +112,19 @@ def run_secret(args: argparse.Namespace) -> int:
     load_or_create_secret(path)
     print(f"{path} {'exists' if existed else 'created'}")
     return 0
+
+
+def _key_directory(config_path: Path | None) -> Path:
+    """The users' directory beside openquake.cfg, made root:<its group> 0750 when missing:
+    every account of that group must traverse it to reach its own key (0600). Created
+    0750 root:root, it hid the key of `openquake` itself (a cluster without oq_users_list)."""
+    directory = key_dir(config_path)
+    if not directory.is_dir():
+        directory.mkdir(mode=0o750)
+        group = _password_file_group(config_path)
+        if os.geteuid() == 0 and group is not None:
+            os.chown(directory, 0, group)
+    return directory
 
 
 def _password_file_group(config_path: Path | None) -> int | None:
@@ -163,9 +174,7 @@ def run_password(args: argparse.Namespace) -> int:
         print("changed (dry run)" if changed and args.dry_run else "unchanged")
         return 0
     if generated:
-        directory = key_dir(config.path)
-        directory.mkdir(mode=0o750, exist_ok=True)
-        target = directory / f"{name}.webui-password"
+        target = _key_directory(config.path) / f"{name}.webui-password"
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
             handle.write(generated + "\n")
