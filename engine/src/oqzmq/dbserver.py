@@ -46,7 +46,7 @@ from typing import Any
 import zmq
 
 from oqzmq import __version__, zap
-from oqzmq.auth import AuthError, Signer, StampError, Verifier
+from oqzmq.auth import MAX_CLOCK_SKEW, AuthError, Signer, StampError, Verifier
 from oqzmq.config import Config
 from oqzmq.db import Calc, CalcDB, DbError, TaskTiming
 from oqzmq.errors import UserError
@@ -307,7 +307,10 @@ class DbServer:
 
     POLL_MS = 200
 
-    def __init__(self, config: Config, db_path: Path | None = None) -> None:
+    def __init__(self, config: Config, db_path: Path | None = None, *,
+                 skew: float = MAX_CLOCK_SKEW) -> None:
+        """``skew``: see :class:`oqzmq.auth.Verifier` (the first ``skew`` seconds after the
+        bind are refused); tests that are not about replays give it a smaller one."""
         authkey = config.require_authkey()
         self.config = config
         self.address = f"tcp://{config.db_listen}:{config.db_port}"
@@ -323,7 +326,7 @@ class DbServer:
         self._context = zmq.Context()
         self._socket = self._bind()
         # created once the port is ours: the previous dbserver is gone (see oqzmq.auth)
-        self._verifier = Verifier(authkey, request_channel, service=True)
+        self._verifier = Verifier(authkey, request_channel, service=True, skew=skew)
 
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
