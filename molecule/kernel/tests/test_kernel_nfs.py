@@ -68,12 +68,12 @@ def test_writes_through_the_mounts_fail_read_only(host: Any, oq: dict[str, Any])
 
 @pytest.mark.usefixtures("remote_worker")
 def test_root_on_a_worker_is_squashed(host: Any, oq: dict[str, Any]) -> None:
-    """root on a worker is nobody on the master: the 2770 shared dir stays closed to it."""
-    code = (f"import errno, os\ntry:\n os.listdir({oq['oq_shared_dir']!r})\n"
+    """root on a worker is nobody on the master: openquake's 2770 oqdata stays closed to it."""
+    oqdata = f"{oq['oq_shared_dir'].rstrip('/')}/{oq['oq_user']}/oqdata"
+    code = (f"import errno, os\ntry:\n os.listdir({oqdata!r})\n"
             "except OSError as e:\n print(errno.errorcode[e.errno])\nelse:\n print('listed')")
     found = python(host, code).stdout.strip()
-    expect(found == "EACCES", f"root cannot list {oq['oq_shared_dir']} (root squash)", found,
-           FIX_NFS)
+    expect(found == "EACCES", f"root cannot list {oqdata} (root squash)", found, FIX_NFS)
 
 
 @pytest.mark.usefixtures("on_master")

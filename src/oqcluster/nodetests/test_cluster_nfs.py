@@ -1,7 +1,8 @@
 """The master's shared dir and exports across nodes, from the master's run: what the master
-writes there each worker reads, unchanged and read-only; the NFS exports read with a
-userspace client (libnfs-utils; the kernel scenario also mounts them): listed workers read,
-writes refused, root squashed, NFSv3 refused, an unlisted client refused."""
+writes there each worker reads, unchanged and read-only, and what a cluster user writes in
+its oqdata; the NFS exports read with a userspace client (libnfs-utils; the kernel scenario
+also mounts them): listed workers read, writes refused, root squashed, NFSv3 refused, an
+unlisted client refused."""
 
 from __future__ import annotations
 
@@ -71,6 +72,51 @@ def test_every_worker_reads_what_the_master_wrote_in_the_shared_dir(
     are probed over NFS below."""
     report(shared_dir_visible(across))
 
+
+
+def users_oqdata_visible(ctx: Context, name: str) -> Iterator[CheckResult]:
+    """A datastore a cluster user writes in its oqdata (group openquake, mode 0640, as the
+    engine writes them) is read by the engine's account on each worker: the user's directory
+    traversable through the mount, the group kept (with shared_dir /home: the user's home)."""
+    oqdata = f"{ctx.setting('oq_shared_dir').rstrip('/')}/{name}/oqdata"
+    token = secrets.token_hex(16)
+    path = f"{oqdata}/.oqcluster-verify-{token[:8]}"
+    wrote = ctx.master.run_as(name, "umask 027 && printf %s %s > %s", "%s", token, path)
+    if wrote.rc != 0:
+        yield failed(ctx.master.name, f"{name} writes in {oqdata}", "written",
+                     wrote.text or f"rc {wrote.rc}",
+                     f"{oqdata} must be {name}:{ctx.setting('oq_group')} 2750: "
+                     "re-run site.yml --tags users")
+        return
+    engine_user = ctx.setting("oq_user")
+    try:
+        yield from per_worker(
+            ctx, lambda worker: _users_file_on_worker(worker, engine_user, path, token),
+            skip_master=True)
+    finally:
+        ctx.master.run_as(name, "rm -f %s", path)
+
+
+def _users_file_on_worker(worker: Node, engine_user: str, path: str,
+                          token: str) -> Iterator[CheckResult]:
+    read = worker.run_as(engine_user, "cat %s", path)
+    check = f"{engine_user} reads a cluster user's datastore {path.rsplit('/', 1)[0]}"
+    if read.rc == 0 and read.stdout == token:
+        yield passed(worker.name, check, "same content")
+    else:
+        yield failed(worker.name, check, "the file the user just wrote, unchanged",
+                     read.text or f"rc {read.rc}",
+                     "the user's directory must let others traverse it (o+x) and oqdata "
+                     "keep group openquake: re-run site.yml --tags users,nfs")
+
+
+@pytest.mark.writes
+@pytest.mark.usefixtures("on_master")
+def test_every_worker_reads_a_cluster_users_datastores(across: Context, report: Any) -> None:
+    names = [str(item["name"]) for item in across.settings.get("oq_users_list") or []]
+    if not names:
+        pytest.skip("oq_users_list is empty: no cluster user's oqdata to read")
+    report(users_oqdata_visible(across, names[0]))
 
 def _nfs_url(cluster: Any, path: str, uid: int, gid: int, version: int = 4) -> str:
     return f"nfs://{cluster.address(cluster.master)}{path}?version={version}&uid={uid}&gid={gid}"

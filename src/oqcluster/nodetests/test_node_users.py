@@ -1,7 +1,8 @@
 """The cluster users (role oq_users) and who the dbserver believes they are (issue 20).
 
 On the master, for each user of oq_users_list: group openquake, <shared_dir>/<user>/oqdata
-owned by the user (group openquake, 2750), its dbserver key file (owner the user, 0600). And
+owned by the user (group openquake, 2750), with shared_dir /home /home itself unchanged
+and each home only traversable by others, its dbserver key file (owner the user, 0600). And
 the attack: the first listed user runs `LOGNAME=openquake USER=openquake oqz list` and must
 see only its own calculations, while openquake (an admin) sees everyone's; it cannot abort
 openquake's calculation nor stop the dbserver. Leaves two small records in the dbserver
@@ -49,6 +50,27 @@ def test_cluster_users_are_in_the_group_with_their_oqdata(
         wanted = f"{name}:{oq['oq_group']} 2750"
         expect(found == wanted, f"{oqdata.path} {wanted}", found, FIX)
 
+
+
+def test_shared_home_is_not_loosened(
+    host: Any, oq: dict[str, Any], cluster_users: list[str]
+) -> None:
+    """shared_dir /home (the manual's choice): /home keeps its owner and mode, each user's
+    home only gains the traverse bit for others (the workers' openquake reads oqdata)."""
+    if oq["oq_shared_dir"].rstrip("/") != "/home":
+        pytest.skip(f"oq_shared_dir is {oq['oq_shared_dir']}, not /home")
+    home = host.file("/home")
+    found = f"{home.user}:{home.group} {home.mode:o}"
+    expect(home.user == "root" and home.mode & 0o7022 == 0,
+           "/home owned by root, no setgid, no group or other write", found,
+           "restore it (chown root:root /home; chmod 0755 /home): the roles never change /home")
+    for name in cluster_users:
+        with as_root(host):
+            user_home = host.file(f"/home/{name}")
+            mode = user_home.mode if user_home.is_directory else None
+        found = f"{mode:o}" if mode is not None else "missing"
+        expect(mode is not None and bool(mode & 0o001) and not mode & 0o006,
+               f"/home/{name}: others may traverse (o+x), not list nor write", found, FIX)
 
 def identity_applies(oq: dict[str, Any]) -> None:
     if oq["oq_engine_flavor"] != "oqzmq" or not oq["oq_multi_user"]:
