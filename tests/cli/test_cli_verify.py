@@ -269,6 +269,35 @@ def test_shared_dir_check_reads_back_and_catches_a_writable_share(
     assert list(shared.iterdir()) == []  # the probe files are gone
 
 
+
+def test_users_datastore_check_reads_back_what_the_user_wrote(
+    project_root: Path, tmp_path: Path
+) -> None:
+    import getpass
+
+    me = getpass.getuser()
+    shared = tmp_path / "shared"
+    oqdata = shared / me / "oqdata"
+    oqdata.mkdir(parents=True)
+    inventory = local_inventory(tmp_path, free_port(), free_port())
+    inventory.write_text(inventory.read_text()
+                         .replace(f"oq_user: {MISSING_USER}", f"oq_user: {me}")
+                         .replace("  children:", f"    oq_shared_dir: {shared}\n"
+                                  f"    oq_users_list: [{{name: {me}}}]\n  children:"))
+    ctx = context(inventory)
+
+    results = list(nfs_checks.users_oqdata_visible(ctx, me))
+
+    assert [(r.host, r.check, r.status) for r in results] == [
+        ("w1", f"{me} reads a cluster user's datastore {oqdata}", Status.PASS)]
+    assert list(oqdata.iterdir()) == []  # the probe file is gone
+
+    oqdata.rmdir()  # the user cannot write there: named on the master, nothing read
+    [missing] = nfs_checks.users_oqdata_visible(ctx, me)
+    assert (missing.host, missing.check, missing.status) == (
+        "m1", f"{me} writes in {oqdata}", Status.FAIL)
+    assert "re-run site.yml --tags users" in missing.fix
+
 def test_config_agreement_names_the_one_node_that_differs(
     project_root: Path, tmp_path: Path
 ) -> None:

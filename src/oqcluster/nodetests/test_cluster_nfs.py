@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import pytest
@@ -27,18 +27,28 @@ def shared_dir_visible(ctx: Context) -> Iterator[CheckResult]:
     shared_dir = shared_engine_dir(ctx.setting("oq_shared_dir"), user)
     token = secrets.token_hex(16)
     path = f"{shared_dir}/.oqcluster-verify-{token[:8]}"
-    wrote = ctx.master.run_as(user, "printf %s %s > %s", "%s", token, path)
+    yield from _workers_read_what_the_master_wrote(
+        ctx, user, path, token,
+        f"{shared_dir} must be owned by {user} with mode 2770: re-run site.yml --tags nfs",
+        lambda worker: _shared_file_on_worker(worker, user, path, token))
+
+
+def _workers_read_what_the_master_wrote(
+    ctx: Context, writer: str, path: str, token: str, write_fix: str,
+    on_worker: Callable[[Node], Iterable[CheckResult]],
+) -> Iterator[CheckResult]:
+    """``writer`` writes ``token`` to ``path`` on the master (mode 0640, as the engine writes
+    datastores; the setgid directory gives the group), ``on_worker`` checks each worker; the
+    file is removed afterwards."""
+    wrote = ctx.master.run_as(writer, "umask 027 && printf %s %s > %s", "%s", token, path)
     if wrote.rc != 0:
-        yield failed(ctx.master.name, f"{user} writes in {shared_dir}", "written",
-                     wrote.text or f"rc {wrote.rc}",
-                     f"{shared_dir} must be owned by {user} with mode 2770: "
-                     "re-run site.yml --tags nfs")
+        yield failed(ctx.master.name, f"{writer} writes in {path.rsplit('/', 1)[0]}", "written",
+                     wrote.text or f"rc {wrote.rc}", write_fix)
         return
     try:
-        yield from per_worker(ctx, lambda worker: _shared_file_on_worker(worker, user, path, token),
-                              skip_master=True)
+        yield from per_worker(ctx, on_worker, skip_master=True)
     finally:
-        ctx.master.run_as(user, "rm -f %s", path)
+        ctx.master.run_as(writer, "rm -f %s", path)
 
 
 def _shared_file_on_worker(worker: Node, user: str, path: str, token: str) -> Iterator[CheckResult]:
@@ -73,7 +83,6 @@ def test_every_worker_reads_what_the_master_wrote_in_the_shared_dir(
     report(shared_dir_visible(across))
 
 
-
 def users_oqdata_visible(ctx: Context, name: str) -> Iterator[CheckResult]:
     """A datastore a cluster user writes in its oqdata (group openquake, mode 0640, as the
     engine writes them) is read by the engine's account on each worker: the user's directory
@@ -81,20 +90,11 @@ def users_oqdata_visible(ctx: Context, name: str) -> Iterator[CheckResult]:
     oqdata = f"{ctx.setting('oq_shared_dir').rstrip('/')}/{name}/oqdata"
     token = secrets.token_hex(16)
     path = f"{oqdata}/.oqcluster-verify-{token[:8]}"
-    wrote = ctx.master.run_as(name, "umask 027 && printf %s %s > %s", "%s", token, path)
-    if wrote.rc != 0:
-        yield failed(ctx.master.name, f"{name} writes in {oqdata}", "written",
-                     wrote.text or f"rc {wrote.rc}",
-                     f"{oqdata} must be {name}:{ctx.setting('oq_group')} 2750: "
-                     "re-run site.yml --tags users")
-        return
     engine_user = ctx.setting("oq_user")
-    try:
-        yield from per_worker(
-            ctx, lambda worker: _users_file_on_worker(worker, engine_user, path, token),
-            skip_master=True)
-    finally:
-        ctx.master.run_as(name, "rm -f %s", path)
+    yield from _workers_read_what_the_master_wrote(
+        ctx, name, path, token,
+        f"{oqdata} must be {name}:{ctx.setting('oq_group')} 2750: re-run site.yml --tags users",
+        lambda worker: _users_file_on_worker(worker, engine_user, path, token))
 
 
 def _users_file_on_worker(worker: Node, engine_user: str, path: str,
@@ -117,6 +117,7 @@ def test_every_worker_reads_a_cluster_users_datastores(across: Context, report: 
     if not names:
         pytest.skip("oq_users_list is empty: no cluster user's oqdata to read")
     report(users_oqdata_visible(across, names[0]))
+
 
 def _nfs_url(cluster: Any, path: str, uid: int, gid: int, version: int = 4) -> str:
     return f"nfs://{cluster.address(cluster.master)}{path}?version={version}&uid={uid}&gid={gid}"

@@ -51,7 +51,6 @@ def test_cluster_users_are_in_the_group_with_their_oqdata(
         expect(found == wanted, f"{oqdata.path} {wanted}", found, FIX)
 
 
-
 def test_shared_home_is_not_loosened(
     host: Any, oq: dict[str, Any], cluster_users: list[str]
 ) -> None:
@@ -73,6 +72,7 @@ def test_shared_home_is_not_loosened(
         found = f"{mode:o}" if mode is not None else "missing"
         expect(mode is not None and bool(mode & 0o001) and not mode & 0o002,
                f"/home/{name}: others may traverse it (o+x) and not write it", found, FIX)
+
 
 def identity_applies(oq: dict[str, Any]) -> None:
     if oq["oq_engine_flavor"] != "oqzmq" or not oq["oq_multi_user"]:
