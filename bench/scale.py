@@ -23,7 +23,9 @@ and the slowest tasks (ansible.posix.profile_tasks) and writes every figure as J
     python bench/scale.py --clean                   # remove whatever a run left (oqs-* only)
 
 Figures depend on the machine and on what else runs on it: the load average is recorded
-beside every figure.
+beside every figure, and the CPU time each step used (the whole machine's and the nodes'):
+a step whose CPU time is close to cores x seconds was bound by this machine's CPU, which the
+nodes share here, where real workers bring their own.
 """
 
 from __future__ import annotations
@@ -72,6 +74,8 @@ class Phase:
     load_after: float
     ok: bool = True
     detail: str = ""
+    cpu_s: float = 0.0  # CPU time of the whole machine (control node and nodes) in the step
+    nodes_cpu_s: float | None = None  # of the nodes' containers alone (None: not readable)
 
 
 @dataclass
@@ -90,6 +94,49 @@ def log(message: str) -> None:
 
 def load() -> float:
     return round(os.getloadavg()[0], 2)
+
+
+def machine_cpu_seconds() -> float:
+    """Busy CPU time of the whole machine since boot (/proc/stat: all but idle and iowait)."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    ticks = [int(f) for f in fields]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def nodes_cpu_seconds() -> float | None:
+    """CPU time of the oqs-* containers since they started (their cgroups, v1 or v2)."""
+    ids = docker("ps", "-q", "--no-trunc", "--filter", f"label={LABEL}", check=False).stdout
+    total = 0.0
+    for cid in ids.split():
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+        elif v2.exists():
+            usage = re.search(r"^usage_usec (\d+)", v2.read_text(), re.M)
+            total += int(usage[1]) / 1e6 if usage else 0
+        else:
+            return None
+    return total
+
+
+class CpuMeter:
+    """CPU time used between start and stop, by the machine and by the nodes."""
+
+    def __init__(self) -> None:
+        self.machine, self.nodes = machine_cpu_seconds(), nodes_cpu_seconds()
+
+    def stop(self, phase: Phase) -> None:
+        phase.cpu_s = round(machine_cpu_seconds() - self.machine, 1)
+        nodes = nodes_cpu_seconds()
+        if nodes is not None and self.nodes is not None:
+            phase.nodes_cpu_s = round(nodes - self.nodes, 1)
+
+
+def cpu_text(phase: Phase) -> str:
+    busy = phase.cpu_s / ((os.cpu_count() or 1) * phase.seconds) if phase.seconds else 0
+    nodes = "" if phase.nodes_cpu_s is None else f", nodes {phase.nodes_cpu_s:.0f} s"
+    return f"CPU {phase.cpu_s:.0f} s ({busy:.0%} of {os.cpu_count()} cores){nodes}"
 
 
 def run(command: list[str], check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess:
@@ -242,16 +289,17 @@ def ansible_env(extra: dict[str, str]) -> dict[str, str]:
 def timed(name: str, result: Result, command: list[str], logfile: Path,
           env: dict[str, str]) -> tuple[Phase, str]:
     log(f"N={result.workers}: {name}: {shlex.join(command)} (log {logfile})")
-    before, began = load(), time.monotonic()
+    before, began, cpu = load(), time.monotonic(), CpuMeter()
     with logfile.open("w") as stream:  # streamed: `tail -f` it while it runs
         completed = subprocess.run(command, cwd=ROOT, env=env, stdout=stream,
                                    stderr=subprocess.STDOUT)
     phase = Phase(round(time.monotonic() - began, 1), before, load(),
                   ok=completed.returncode == 0)
+    cpu.stop(phase)
     output = logfile.read_text()
     result.phases[name] = phase
     log(f"N={result.workers}: {name}: {phase.seconds} s, exit {completed.returncode}, "
-        f"load {phase.load_before} -> {phase.load_after}")
+        f"load {phase.load_before} -> {phase.load_after}, {cpu_text(phase)}")
     return phase, output
 
 
@@ -314,10 +362,11 @@ def demo(result: Result, workdir: Path) -> None:
     command = (f"sudo -u openquake env OQ_CONFIG_FILE={CONFIG} {OQZ} run demo --size small "
                f"--tasks {tasks} --distribute zmq --json")
     log(f"N={result.workers}: demo: {command}")
-    before, began = load(), time.monotonic()
+    before, began, cpu = load(), time.monotonic(), CpuMeter()
     completed = ssh(workdir, 0, command, check=False)
     phase = Phase(round(time.monotonic() - began, 1), before, load(),
                   ok=completed.returncode == 0)
+    cpu.stop(phase)
     result.phases["demo"] = phase
     (workdir / "demo.log").write_text(completed.stdout + completed.stderr)
     outcome = last_json(completed.stdout)
@@ -369,6 +418,10 @@ def table(results: list[Result]) -> str:
                          f"(load {phase.load_before:.1f})")
         lines.append(f"| {result.workers} | " + " | ".join(cells)
                      + f" | {result.memory_mb or '-'} |")
+    lines += ["", "CPU time of each step: the whole machine (control node and nodes), "
+              "the nodes alone", ""]
+    lines += [f"| {r.workers} | {name} | {cpu_text(p)} |"
+              for r in results for name, p in r.phases.items()]
     return "\n".join(lines)
 
 
