@@ -108,13 +108,15 @@ def nodes_cpu_seconds() -> float | None:
     ids = docker("ps", "-q", "--no-trunc", "--filter", f"label={LABEL}", check=False).stdout
     total = 0.0
     for cid in ids.split():
-        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        # cgroup v1 (docker's cgroupfs or systemd driver), then v2 (systemd driver)
+        v1 = [Path(f"/sys/fs/cgroup/cpuacct/{parent}/cpuacct.usage")
+              for parent in (f"docker/{cid}", f"system.slice/docker-{cid}.scope")]
         v2 = Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat")
-        if v1.exists():
-            total += int(v1.read_text()) / 1e9
-        elif v2.exists():
-            usage = re.search(r"^usage_usec (\d+)", v2.read_text(), re.M)
-            total += int(usage[1]) / 1e6 if usage else 0
+        usage = next((path for path in v1 if path.exists()), None)
+        if usage is not None:
+            total += int(usage.read_text()) / 1e9
+        elif v2.exists() and (match := re.search(r"^usage_usec (\d+)", v2.read_text(), re.M)):
+            total += int(match[1]) / 1e6
         else:
             return None
     return total
