@@ -269,7 +269,6 @@ def test_shared_dir_check_reads_back_and_catches_a_writable_share(
     assert list(shared.iterdir()) == []  # the probe files are gone
 
 
-
 def test_users_datastore_check_reads_back_what_the_user_wrote(
     project_root: Path, tmp_path: Path
 ) -> None:
@@ -297,6 +296,7 @@ def test_users_datastore_check_reads_back_what_the_user_wrote(
     assert (missing.host, missing.check, missing.status) == (
         "m1", f"{me} writes in {oqdata}", Status.FAIL)
     assert "re-run site.yml --tags users" in missing.fix
+
 
 def test_config_agreement_names_the_one_node_that_differs(
     project_root: Path, tmp_path: Path
