@@ -6,16 +6,17 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from enginecluster import Cluster
 from enginetasks import chunks, fail, pid_then_sleep, square
-from oqzmq import launcher
+from oqzmq import launcher, zap
 from oqzmq.config import Config
 from oqzmq.errors import PortsExhausted, TaskError, WorkerLost
 from oqzmq.monitor import Monitor
@@ -76,10 +77,47 @@ def test_receiver_ports_running_out_is_an_error_not_a_hang(config: Config) -> No
         refused = Starmap(square, distribute="zmq")
         with pytest.raises(PortsExhausted, match=r"all receiver ports .* are in use"):
             refused.submit(1)
-        assert refused._context is not None and refused._context.closed  # nothing leaked
+        assert refused._receiver is not None and refused._receiver.closed  # nothing leaked
     finally:
         for smap in alive:
             list(smap)
+
+
+@pytest.mark.parametrize("mode", ["processpool", "zmq"])
+def test_starmaps_share_one_context_and_leave_nothing_behind(config: Config, mode: str) -> None:
+    """One zmq context and ZAP handler serve every Starmap of a process; each Starmap's
+    sockets, handshake monitors and ZAP domains go when it is shut down (they piled up)."""
+    assert sorted(Starmap(square, [(i,) for i in range(4)], distribute=mode)) == [0, 1, 4, 9]
+    first = Starmap(square, distribute=mode)
+    first.submit(1)
+    list(first)
+    handler = zap._handler(first._context)
+    settled = _wait_until(lambda: len(handler.domains), lambda n: n == 0)
+    assert settled == 0, f"ZAP domains left after one Starmap: {handler.domains}"
+    zap_threads = _zap_threads()
+    for _ in range(30):
+        assert sorted(Starmap(square, [(i,) for i in range(4)], distribute=mode)) == [0, 1, 4, 9]
+    smap = Starmap(square, distribute=mode)
+    smap.submit(2)
+    assert smap._context is first._context and zap._handler(smap._context) is handler
+    assert len(handler.domains) >= 1  # the live receiver is served
+    assert list(smap) == [4]
+    assert smap._receiver is not None and smap._receiver.closed
+    assert all(pool.sock.closed for pool in smap._pools)
+    settled = _wait_until(lambda: len(handler.domains), lambda n: n == 0)
+    assert settled == 0, f"ZAP domains left after 32 Starmaps: {handler.domains}"
+    assert _zap_threads() == zap_threads
+
+
+def _zap_threads() -> int:
+    return [thread.name for thread in threading.enumerate()].count("oqzmq-zap")
+
+
+def _wait_until(read: Callable[[], int], done: Callable[[int], bool], timeout: float = 5) -> int:
+    deadline = time.monotonic() + timeout
+    while not done(value := read()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return value
 
 
 @pytest.mark.parametrize("mode", MODES)

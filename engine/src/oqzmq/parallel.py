@@ -185,6 +185,22 @@ class LeaseKeeper:
                 protocol.send_nowait(*sockets[key], Lease(held))
 
 
+_CONTEXT_LOCK = threading.Lock()
+_CONTEXT: tuple[int, zmq.Context] | None = None  # (pid, context): a forked child makes its own
+
+
+def _starmap_context() -> zmq.Context:
+    """The zmq context of this process's Starmaps, made once: a context per Starmap started
+    its I/O thread and its ZAP handler thread and stopped them again for every task group
+    (about a millisecond each time, a few per cent of a short calculation). Each Starmap still
+    has sockets of its own and closes them in :meth:`Starmap.shutdown`."""
+    global _CONTEXT
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None or _CONTEXT[0] != os.getpid():
+            _CONTEXT = (os.getpid(), zmq.Context())
+        return _CONTEXT[1]
+
+
 class Starmap:
     """Run ``func(*args, monitor)`` for each args in ``iterargs`` (and each ``submit``)."""
 
@@ -303,7 +319,7 @@ class Starmap:
 
     def _open(self) -> None:
         self._func_frame = pickle.dumps((self.func, self.monitor.operation), protocol=5)
-        self._context = zmq.Context()
+        self._context = _starmap_context()
         max_bytes = self.config.max_message_bytes
         self._receiver = protocol.limit(self._context.socket(zmq.PULL), max_bytes)
         self._receiver.setsockopt(zmq.LINGER, 0)
@@ -653,8 +669,6 @@ class Starmap:
             pool.close(linger=200)
         if self._receiver is not None:
             self._receiver.close(linger=0)
-        if self._context is not None:
-            self._context.term()
 
     def __enter__(self) -> Starmap:
         return self

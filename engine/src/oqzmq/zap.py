@@ -113,10 +113,11 @@ class _Handler:
     """The ZAP handler of one context: a REP socket on inproc://zeromq.zap.01 in a thread."""
 
     _monitors = itertools.count()
+    _domains = itertools.count()
 
     def __init__(self, context: zmq.Context) -> None:
         self.domains: dict[bytes, tuple[bytes, str]] = {}
-        self._new_monitors: list[tuple[zmq.Socket, str]] = []
+        self._new_monitors: list[tuple[zmq.Socket, bytes]] = []  # (monitor, domain)
         self._lock = threading.Lock()
         self._logged: dict[tuple[str, str], tuple[float, int]] = {}
         self.refused = 0  # handshakes refused, for the tests
@@ -131,19 +132,20 @@ class _Handler:
 
     def register(self, password: bytes, label: str) -> bytes:
         with self._lock:
-            domain = f"oqzmq-{len(self.domains)}".encode()
+            domain = f"oqzmq-{next(self._domains)}".encode()
             self.domains[domain] = (password, label)
         return domain
 
     def watch(self, sock: zmq.Socket, domain: bytes) -> None:
-        """Log the peers that fail the handshake before any ZAP request (no credentials)."""
+        """Log the peers that fail the handshake before any ZAP request (no credentials);
+        forget ``domain`` once ``sock`` is closed (a long-lived context serves many sockets)."""
         address = f"inproc://oqzmq-zap-monitor-{id(self)}-{next(self._monitors)}"
-        sock.monitor(address, _REFUSED_EVENTS)
+        sock.monitor(address, _REFUSED_EVENTS | zmq.EVENT_MONITOR_STOPPED)
         pair = zmq.Socket(sock.context, zmq.PAIR)  # untracked: see _run
         pair.setsockopt(zmq.LINGER, 0)
         pair.connect(address)
         with self._lock:
-            self._new_monitors.append((pair, self.domains[domain][1]))
+            self._new_monitors.append((pair, domain))
 
     def _run(self, context: zmq.Context, ready: threading.Event) -> None:
         try:
@@ -157,22 +159,22 @@ class _Handler:
             ready.set()
             return
         ready.set()
-        monitors: dict[zmq.Socket, str] = {}
+        monitors: dict[zmq.Socket, bytes] = {}  # monitor -> domain of the socket it watches
         poller = zmq.Poller()
         poller.register(rep, zmq.POLLIN)
         try:
             while True:
                 with self._lock:
                     new, self._new_monitors = self._new_monitors, []
-                for pair, label in new:
-                    monitors[pair] = label
+                for pair, domain in new:
+                    monitors[pair] = domain
                     poller.register(pair, zmq.POLLIN)
                 for sock, _ in poller.poll(200):
                     if sock is rep:
                         rep.send_multipart(self._answer(rep.recv_multipart()))
-                    elif self._monitor_event(sock, monitors[sock]):
+                    elif self._monitor_event(sock, self._label(monitors[sock])):
                         poller.unregister(sock)
-                        del monitors[sock]
+                        self._forget(monitors.pop(sock))
                         sock.close()
         except zmq.ContextTerminated:
             pass
@@ -184,6 +186,14 @@ class _Handler:
             for sock in [*monitors, *(pair for pair, _ in new), rep]:
                 with contextlib.suppress(zmq.ZMQError):
                     sock.close()
+
+    def _label(self, domain: bytes) -> str:
+        with self._lock:
+            return self.domains[domain][1]
+
+    def _forget(self, domain: bytes) -> None:
+        with self._lock:
+            del self.domains[domain]
 
     def _answer(self, request: list[bytes]) -> list[bytes]:
         if len(request) < 6:
