@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -111,6 +112,47 @@ def test_starmaps_share_one_context_and_leave_nothing_behind(config: Config, mod
 
 def _zap_threads() -> int:
     return [thread.name for thread in threading.enumerate()].count("oqzmq-zap")
+
+
+def test_a_cancel_sent_just_before_the_process_exits_still_frees_the_pool(
+    config: Config, tmp_path: Path
+) -> None:
+    """Closed Starmaps no longer terminate a context of their own (which waited for their last
+    messages): the Cancel of a Starmap shut down right before its process ends must still
+    reach the pool, which frees the busy worker at once rather than when the lease expires
+    (LEASE_TIMEOUT, 15 s). (On loopback it leaves before the exit even without the flush at
+    exit, `_flush_starmap_context`, which bounds the wait where it would not.)"""
+    pidfile = tmp_path / "pid"
+    script = (
+        "import time\n"
+        "from pathlib import Path\n"
+        "from enginetasks import pid_then_sleep\n"
+        "from oqzmq.parallel import Starmap\n"
+        "smap = Starmap(pid_then_sleep, distribute='zmq', task_retries=0)\n"
+        f"smap.submit_to('127.0.0.3', {str(pidfile)!r}, 60)\n"
+        f"while not Path({str(pidfile)!r}).exists() or not Path({str(pidfile)!r}).read_text():\n"
+        "    time.sleep(0.05)\n"
+        "smap.shutdown()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    master = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True,
+                            text=True, timeout=60, check=False)
+    exited = time.monotonic()
+    assert master.returncode == 0, master.stderr
+    worker = int(pidfile.read_text())
+    while _alive(worker) and time.monotonic() - exited < 10:
+        time.sleep(0.05)
+    assert not _alive(worker), "the pool never got the Cancel: its worker still runs the task"
+    assert time.monotonic() - exited < 5
+    assert sorted(Starmap(square, [(2,), (3,)], distribute="zmq")) == [4, 9]  # pool still serves
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[1][0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
 
 
 def _wait_until(read: Callable[[], int], done: Callable[[int], bool], timeout: float = 5) -> int:

@@ -198,7 +198,20 @@ def _starmap_context() -> zmq.Context:
     with _CONTEXT_LOCK:
         if _CONTEXT is None or _CONTEXT[0] != os.getpid():
             _CONTEXT = (os.getpid(), zmq.Context())
+            atexit.register(_flush_starmap_context, _CONTEXT[1])
         return _CONTEXT[1]
+
+
+def _flush_starmap_context(context: zmq.Context, timeout: float = 1.0) -> None:
+    """At exit, let the last messages of closed Starmaps leave (a Cancel that frees a pool's
+    workers of an aborted calculation: LINGER 200 ms), as terminating a context per Starmap
+    did; bounded, so that a socket some other thread still holds cannot hang the exit."""
+    if context.closed:
+        return
+    closing = threading.Thread(target=context.destroy, kwargs={"linger": 200}, daemon=True,
+                               name="oqz-context-exit")
+    closing.start()
+    closing.join(timeout)
 
 
 class Starmap:
