@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +23,7 @@ from oqzmq.errors import PortsExhausted, TaskError, WorkerLost
 from oqzmq.monitor import Monitor
 from oqzmq.parallel import Starmap
 from oqzmq.protocol import InspectQuery
+from test_engine_replay import _wait_for
 
 MODES = ("no", "processpool", "zmq")
 
@@ -93,8 +94,7 @@ def test_starmaps_share_one_context_and_leave_nothing_behind(config: Config, mod
     first.submit(1)
     list(first)
     handler = zap._handler(first._context)
-    settled = _wait_until(lambda: len(handler.domains), lambda n: n == 0)
-    assert settled == 0, f"ZAP domains left after one Starmap: {handler.domains}"
+    _wait_for(lambda: not handler.domains, 5, "the ZAP domain of one Starmap to go")
     zap_threads = _zap_threads()
     for _ in range(30):
         assert sorted(Starmap(square, [(i,) for i in range(4)], distribute=mode)) == [0, 1, 4, 9]
@@ -105,8 +105,7 @@ def test_starmaps_share_one_context_and_leave_nothing_behind(config: Config, mod
     assert list(smap) == [4]
     assert smap._receiver is not None and smap._receiver.closed
     assert all(pool.sock.closed for pool in smap._pools)
-    settled = _wait_until(lambda: len(handler.domains), lambda n: n == 0)
-    assert settled == 0, f"ZAP domains left after 32 Starmaps: {handler.domains}"
+    _wait_for(lambda: not handler.domains, 5, "the ZAP domains of 32 Starmaps to go")
     assert _zap_threads() == zap_threads
 
 
@@ -145,21 +144,6 @@ def test_a_cancel_sent_just_before_the_process_exits_still_frees_the_pool(
     assert not _alive(worker), "the pool never got the Cancel: its worker still runs the task"
     assert time.monotonic() - exited < 5
     assert sorted(Starmap(square, [(2,), (3,)], distribute="zmq")) == [4, 9]  # pool still serves
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[1][0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
-def _wait_until(read: Callable[[], int], done: Callable[[int], bool], timeout: float = 5) -> int:
-    deadline = time.monotonic() + timeout
-    while not done(value := read()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return value
 
 
 @pytest.mark.parametrize("mode", MODES)
