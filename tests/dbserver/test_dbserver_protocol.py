@@ -72,10 +72,11 @@ def test_errors_of_the_database_come_back_as_messages(dbserver, config: Config) 
 
 def _raw_socket(config: Config) -> zmq.Socket:
     # a peer that passes the handshake: these tests are about the messages
-    sock = zap.client(zmq.Context.instance().socket(zmq.DEALER), config.authkey)
+    endpoint = f"tcp://127.0.0.1:{config.db_port}"
+    sock = zap.client(zmq.Context.instance().socket(zmq.DEALER), config.authkey, endpoint)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 3000)
-    sock.connect(f"tcp://127.0.0.1:{config.db_port}")
+    sock.connect(endpoint)
     return sock
 
 

@@ -58,7 +58,7 @@ def _send_big(endpoint: str, socktype: int, authkey: str | None, size: int, coun
     context = zmq.Context()
     sock = context.socket(socktype)
     if authkey is not None:
-        zap.client(sock, authkey)
+        zap.client(sock, authkey, endpoint)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDTIMEO, 1000)
     payload = zmq.Frame(bytes(size))  # one buffer, sent without copies
@@ -200,3 +200,67 @@ def test_a_result_receiver_refuses_keyless_peers_before_reading_their_data(
         if master.poll() is None:
             master.kill()
             master.wait()
+
+
+# Connect to a unix socket as root (its owner here) or as the account nobody; print the outcome.
+CONNECT_AS = """
+import os, socket, sys
+path, account = sys.argv[1:]
+if account == "nobody":
+    os.setgroups([])
+    os.setresgid(65534, 65534, 65534)
+    os.setresuid(65534, 65534, 65534)
+with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+    try:
+        sock.connect(path)
+    except OSError as exc:
+        print(type(exc).__name__)
+    else:
+        print("connected")
+"""
+
+
+def _connect_as(endpoint: str, account: str) -> str:
+    return subprocess.run([sys.executable, "-c", CONNECT_AS, endpoint.removeprefix("ipc://"),
+                           account], capture_output=True, text=True, timeout=30,
+                          check=True).stdout.strip()
+
+
+def test_private_ipc_endpoints_let_no_other_user_connect(config: Config, tmp_path: Path) -> None:
+    """processpool's sockets (its pool's control socket, the result receivers) skip the zmq
+    handshake check: zap.bind puts them in a directory only their user may enter, so the kernel
+    refuses everyone else at connect(2), before a byte is read. The owner gets through the same
+    path in the same run, while the Starmap is alive, and the Starmap's result is unharmed."""
+    if os.geteuid() != 0:
+        pytest.skip("connects as the account nobody: needs root")
+    from enginetasks import pid_then_sleep
+    from oqzmq.parallel import LocalPool, Starmap
+
+    smap = Starmap(pid_then_sleep, distribute="processpool")
+    smap.submit(str(tmp_path / "pid"), 2.0)
+    endpoints = [LocalPool.get().endpoint, smap.endpoint]
+    assert all(zap.is_private(endpoint) for endpoint in endpoints), endpoints
+    for endpoint in endpoints:
+        assert _connect_as(endpoint, "root") == "connected", endpoint
+        assert _connect_as(endpoint, "nobody") == "PermissionError", endpoint
+    assert list(smap) == [int((tmp_path / "pid").read_text())]
+
+
+def test_an_ipc_endpoint_is_bound_only_in_a_directory_of_its_own(tmp_path: Path) -> None:
+    """A directory others may enter would let them past the missing handshake check: refused,
+    with the fix, and nothing bound; the same directory, once 0700, is accepted."""
+    directory = tmp_path / "sockets"
+    directory.mkdir(mode=0o755)
+    directory.chmod(0o755)
+    endpoint = f"ipc://{directory}/ctrl"
+    context = zmq.Context()
+    try:
+        with pytest.raises(ValueError, match=r"mode 755.*directory of mode 0700"):
+            zap.bind(context.socket(zmq.ROUTER), AUTHKEY, "the test's socket", endpoint)
+        assert not (directory / "ctrl").exists()
+        directory.chmod(0o700)
+        sock = zap.bind(context.socket(zmq.ROUTER), AUTHKEY, "the test's socket", endpoint)
+        assert (directory / "ctrl").is_socket()
+        sock.close(0)
+    finally:
+        context.destroy(linger=0)

@@ -142,9 +142,11 @@ def test_an_old_client_is_told_to_upgrade_and_served_without_multi_user(
         server = RunningServer(config)
         try:
             request_channel, _ = channels(config)
-            sock = zap.client(zmq.Context.instance().socket(zmq.DEALER), config.authkey)
+            endpoint = f"tcp://127.0.0.1:{config.db_port}"
+            sock = zap.client(zmq.Context.instance().socket(zmq.DEALER), config.authkey,
+                              endpoint)
             sock.setsockopt(zmq.LINGER, 0)
-            sock.connect(f"tcp://127.0.0.1:{config.db_port}")
+            sock.connect(endpoint)
             old = {"id": 1, "cmd": "list_calcs", "user": "openquake", "args": {}}
             sock.send_multipart(Signer(config.authkey, request_channel).sign(
                 [json.dumps(old).encode()]))

@@ -118,7 +118,7 @@ def _submit_touch(signer: Signer, marker: Path, results: str) -> list[bytes]:
 
 def _send(endpoint: str, frames: list[bytes]) -> None:
     context = zmq.Context()
-    sock = zap.client(context.socket(zmq.DEALER), AUTHKEY)
+    sock = zap.client(context.socket(zmq.DEALER), AUTHKEY, endpoint)
     sock.setsockopt(zmq.LINGER, 2000)
     try:
         sock.connect(endpoint)
@@ -168,11 +168,12 @@ def _calcs(config: Config) -> int:
 
 def _request(config: Config, frames: list[bytes]) -> dict[str, object]:
     context = zmq.Context()
-    sock = zap.client(context.socket(zmq.DEALER), config.authkey)
+    endpoint = f"tcp://127.0.0.1:{config.db_port}"
+    sock = zap.client(context.socket(zmq.DEALER), config.authkey, endpoint)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.RCVTIMEO, 10_000)
     try:
-        sock.connect(f"tcp://127.0.0.1:{config.db_port}")
+        sock.connect(endpoint)
         sock.send_multipart(frames)
         reply = sock.recv_multipart()
     finally:

@@ -63,7 +63,7 @@ def test_workerpool_rejects_bad_messages(cluster: Cluster, config: Config, tmp_p
     results = zap.serve(context.socket(zmq.PULL), AUTHKEY, "the test's results")
     reply_endpoint = f"tcp://127.0.0.1:{results.bind_to_random_port('tcp://127.0.0.1')}"
     # a peer that passes the handshake (see test_engine_handshake.py for one that does not)
-    attacker = zap.client(context.socket(zmq.DEALER), AUTHKEY)
+    attacker = zap.client(context.socket(zmq.DEALER), AUTHKEY, endpoint)
     attacker.connect(endpoint)
     markers = {}
     try:
@@ -108,7 +108,7 @@ def test_receiver_rejects_bad_messages(
     smap.submit(str(tmp_path / "pid"), 1.0)
     channel = f"recv:{smap.endpoint}"
     context = zmq.Context()
-    attacker = zap.client(context.socket(zmq.PUSH), AUTHKEY)
+    attacker = zap.client(context.socket(zmq.PUSH), AUTHKEY, smap.endpoint)
     attacker.connect(smap.endpoint)
     report = (0.0, 0, 1, None, None)
     try:
@@ -141,7 +141,7 @@ def test_an_authentic_message_of_another_release_is_logged_and_survived(
 ) -> None:
     endpoint = f"tcp://{POOL}:{config.ctrl_port}"
     context = zmq.Context()
-    sender = zap.client(context.socket(zmq.DEALER), AUTHKEY)
+    sender = zap.client(context.socket(zmq.DEALER), AUTHKEY, endpoint)
     sender.connect(endpoint)
     old_submit = ("submit", "old-release", "tcp://127.0.0.1:9", [(0, 1)])  # before 2026-12-02
     try:

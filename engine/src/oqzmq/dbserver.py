@@ -330,11 +330,11 @@ class DbServer:
 
     def _bind(self) -> zmq.Socket:
         sock = self._context.socket(zmq.ROUTER)
-        zap.serve(sock, self.config.require_authkey(), f"the dbserver {self.address}")
         sock.setsockopt(zmq.LINGER, 1000)
         sock.setsockopt(zmq.MAXMSGSIZE, message_cap(self.config))
         try:
-            sock.bind(self.address)
+            zap.bind(sock, self.config.require_authkey(), f"the dbserver {self.address}",
+                     self.address)
         except zmq.ZMQError as exc:
             sock.close(0)
             self._context.term()
@@ -559,8 +559,8 @@ class DbClient:
     def _connected(self) -> zmq.Socket:
         if self._socket is None:
             self._probe()
-            sock = zap.client(self._context.socket(zmq.DEALER), self._authkey)
-            self._handshake = zap.watch_handshake(sock)
+            sock = zap.client(self._context.socket(zmq.DEALER), self._authkey, self.address)
+            self._handshake = zap.watch_handshake(sock, self.address)
             sock.setsockopt(zmq.LINGER, 0)
             # no connection to send on (refused at the handshake: see _send): do not block
             sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))

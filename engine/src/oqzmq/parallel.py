@@ -177,7 +177,7 @@ class LeaseKeeper:
                     tokens.setdefault((endpoint, authkey), []).append(token)
             for key, held in tokens.items():
                 if key not in sockets:
-                    sock = zap.client(context.socket(zmq.DEALER), key[1])
+                    sock = zap.client(context.socket(zmq.DEALER), key[1], key[0])
                     sock.setsockopt(zmq.LINGER, 0)
                     sock.setsockopt(zmq.SNDHWM, 16)  # a frozen pool needs only the latest
                     sock.connect(key[0])
@@ -341,8 +341,8 @@ class Starmap:
             local = LocalPool.get()
             authkey = local.authkey
             self.endpoint = f"ipc://{local.tmpdir.name}/recv-{self.token}"
-            zap.serve(self._receiver, authkey, f"the result receiver {self.endpoint}")
-            self._receiver.bind(self.endpoint)
+            zap.bind(self._receiver, authkey, f"the result receiver {self.endpoint}",
+                     self.endpoint)
             self._pools = [connect_pool(self._context, authkey, "localhost", local.endpoint,
                                         max_bytes)]
             timeout = 60.0  # the first start of the private pool imports the world

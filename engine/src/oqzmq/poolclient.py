@@ -131,10 +131,10 @@ class PoolHandle:
 def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
                  max_bytes: int) -> PoolHandle:
     """A handle on the workerpool at ``endpoint``; replies over ``max_bytes`` are refused."""
-    sock = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey)
+    sock = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey, endpoint)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.SNDTIMEO, 1000)  # then PoolHandle.send checks the handshake
-    handshake = zap.watch_handshake(sock)
+    handshake = zap.watch_handshake(sock, endpoint)
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
                       Verifier(authkey, f"ctrl-reply:{endpoint}"), handshake=handshake)

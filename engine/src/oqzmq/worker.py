@@ -134,7 +134,7 @@ class ReceiverSockets:
         return cached[0], cached[1]
 
     def _connect(self, endpoint: str) -> zmq.Socket:
-        sock = zap.client(self._context.socket(zmq.PUSH), self._authkey)
+        sock = zap.client(self._context.socket(zmq.PUSH), self._authkey, endpoint)
         sock.setsockopt(zmq.SNDHWM, RECEIVER_HWM)
         sock.setsockopt(zmq.SNDTIMEO, SEND_TIMEOUT_MS)
         sock.setsockopt(zmq.LINGER, 10_000)
@@ -232,7 +232,8 @@ def worker_main(
 
         multiprocessing.spawn.import_main_path(main_path)
     context = zmq.Context()
-    dealer = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey)
+    dealer = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey,
+                        pool_endpoint)
     dealer.setsockopt(zmq.ROUTING_ID, ident)
     dealer.setsockopt(zmq.LINGER, 2000)
     dealer.connect(pool_endpoint)

@@ -259,9 +259,8 @@ class WorkerPool:
         self.size = cores if cores > 0 else (os.cpu_count() or 1)
         self.context = zmq.Context()
         self.ctrl = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
-        zap.serve(self.ctrl, authkey, f"the workerpool's control socket {endpoint}")
         self.ctrl.setsockopt(zmq.LINGER, 1000)
-        self.ctrl.bind(endpoint)
+        zap.bind(self.ctrl, authkey, f"the workerpool's control socket {endpoint}", endpoint)
         # created once the port is ours: the previous pool is gone (see oqzmq.auth). The private
         # pool of processpool mode (ipc) has a fresh key and directory of its own every time.
         self._ctrl_in = Verifier(authkey, f"ctrl:{endpoint}",
@@ -271,9 +270,9 @@ class WorkerPool:
         os.chmod(self._tmp.name, 0o700)
         self.workers_endpoint = f"ipc://{self._tmp.name}/workers"
         self.workers_sock = protocol.limit(self.context.socket(zmq.ROUTER), max_bytes)
-        zap.serve(self.workers_sock, authkey, "the workerpool's worker socket")
         self.workers_sock.setsockopt(zmq.LINGER, 0)
-        self.workers_sock.bind(self.workers_endpoint)
+        zap.bind(self.workers_sock, authkey, "the workerpool's worker socket",
+                 self.workers_endpoint)
         self._from_workers = Verifier(authkey, f"pool:{self.workers_endpoint}")
         self._to_workers = Signer(authkey, f"worker:{self.workers_endpoint}")
         self.receivers = ReceiverSockets(self.context, authkey)
@@ -665,7 +664,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         limits = MemoryLimits(config.soft_mem_limit, config.hard_mem_limit)
         pool = WorkerPool(endpoint, authkey, args.host, args.cores, config.max_message_bytes,
                           args.main_path, args.exit_with_parent, limits)
-    except (ConfigError, zmq.ZMQError) as exc:
+    except (ConfigError, zmq.ZMQError, OSError, ValueError) as exc:  # ValueError: zap.bind
         print(f"workerpool: error: {exc}", file=sys.stderr)
         return 2
     if args.pidfile:

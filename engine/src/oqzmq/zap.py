@@ -1,7 +1,7 @@
 """Refuse peers without the cluster key at the zmq handshake (ZAP, PLAIN mechanism).
 
-Every socket that binds (the dbserver, a workerpool's control and worker sockets, a
-calculation's result receiver) is a PLAIN *server*; every socket that connects to one presents
+Every tcp socket that binds (the dbserver, a workerpool's control socket, a calculation's
+result receiver) is a PLAIN *server* (:func:`bind`); every socket that connects to one presents
 the PLAIN credentials ``oqzmq`` / :func:`token` (HMAC-SHA256 of ``[dbserver] authkey``). A
 small ZAP handler thread per zmq context (:func:`serve`) answers libzmq's ZAP requests with a
 constant-time comparison. libzmq reads no message frame from a connection before its
@@ -25,6 +25,14 @@ time-bound token would not stop that sniffer either (it reads the current token)
 is static; CURVE would hide it, at the price of encrypting every result byte (~0.2 GB/s, see
 :mod:`oqzmq.auth`). The cluster network is assumed not to be hostile to the point of sniffing;
 the firewall limits who reaches the ports at all.
+
+Private ``ipc://`` endpoints (the sockets between a workerpool and its worker processes, and all
+those of ``processpool`` mode) skip PLAIN and ZAP: :func:`bind` puts them only in a directory
+that is their owner's alone (mode 0700), so the kernel refuses every other user at
+``connect(2)``, before a single byte (the same check, earlier than the handshake). Only that
+user and root get through, and both can read the key anyway. It spares each task group of
+``processpool`` mode two handshakes through this Python handler, which waits for the GIL while
+the master pickles the tasks.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ import hashlib
 import hmac
 import itertools
 import logging
+import os
 import threading
 import time
 import weakref
@@ -56,11 +65,40 @@ def token(authkey: str | bytes) -> bytes:
     return hmac.new(secret, b"oqzmq zap v1", hashlib.sha256).hexdigest().encode()
 
 
-def client(sock: zmq.Socket, authkey: str | bytes) -> zmq.Socket:
-    """Give a connecting socket the cluster's credentials (before it connects)."""
-    sock.plain_username = USERNAME
-    sock.plain_password = token(authkey)
+def is_private(endpoint: str) -> bool:
+    """True for an ipc endpoint: :func:`bind` accepts one only in its owner's own directory."""
+    return endpoint.startswith("ipc://")
+
+
+def client(sock: zmq.Socket, authkey: str | bytes, endpoint: str) -> zmq.Socket:
+    """Give a socket about to connect to ``endpoint`` the cluster's credentials (none for a
+    private ipc endpoint, which the kernel guards)."""
+    if not is_private(endpoint):
+        sock.plain_username = USERNAME
+        sock.plain_password = token(authkey)
     return sock
+
+
+def bind(sock: zmq.Socket, authkey: str | bytes, label: str, endpoint: str) -> zmq.Socket:
+    """Bind ``sock`` to ``endpoint`` so that peers without the key are refused before they send
+    a byte: at the zmq handshake (tcp), or by the kernel (ipc: its directory must be ours
+    alone, else ValueError, nothing bound)."""
+    if is_private(endpoint):
+        _check_private_directory(endpoint)
+    else:
+        serve(sock, authkey, label)
+    sock.bind(endpoint)
+    return sock
+
+
+def _check_private_directory(endpoint: str) -> None:
+    directory = os.path.dirname(endpoint.removeprefix("ipc://")) or "."
+    info = os.stat(directory)
+    if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+        raise ValueError(
+            f"{endpoint}: its directory {directory} (mode {info.st_mode & 0o777:o}, uid "
+            f"{info.st_uid}) is not this user's alone, so other users could connect: use a "
+            "directory of mode 0700 owned by this user, or a tcp endpoint")
 
 
 def serve(sock: zmq.Socket, authkey: str | bytes, label: str) -> zmq.Socket:
@@ -74,14 +112,17 @@ def serve(sock: zmq.Socket, authkey: str | bytes, label: str) -> zmq.Socket:
     return sock
 
 
-def watch_handshake(sock: zmq.Socket) -> zmq.Socket:
-    """A monitor socket of a connecting socket, to read with :func:`handshake_refusal`
-    (close it with ``sock.disable_monitor()`` and ``.close()``).
+def watch_handshake(sock: zmq.Socket, endpoint: str) -> zmq.Socket | None:
+    """A monitor socket of a socket about to connect to ``endpoint``, to read with
+    :func:`handshake_refusal` (close it with ``sock.disable_monitor()`` and ``.close()``); None
+    for a private ipc endpoint, which has no handshake to refuse.
 
     Only the peer's verdicts: a wrong key (AUTH) or another mechanism (PROTOCOL). A connection
     cut inside the handshake (NO_DETAIL: the peer stopping or starting) is no refusal: libzmq
     connects again, and taking it for one failed a long-lived client after a dbserver restart.
     """
+    if is_private(endpoint):
+        return None
     return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
@@ -248,7 +289,7 @@ def probe(endpoint: str, authkey: str | None, timeout: float = 3.0) -> str:
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     if authkey is not None:
-        client(sock, authkey)
+        client(sock, authkey, endpoint)
     monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED
                                       | zmq.EVENT_HANDSHAKE_FAILED_AUTH | _REFUSED_EVENTS)
     try:
