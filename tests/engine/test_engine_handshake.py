@@ -29,6 +29,7 @@ from oqzmq import launcher, zap
 from oqzmq.config import Config
 from oqzmq.dbserver import ping
 from oqzmq.protocol import Ping
+from test_engine_identity import NOBODY
 from test_engine_replay import HOST, Service, _wait_serving, dbserver, pool, replay_config
 
 __all__ = ["dbserver", "pool", "replay_config"]  # fixtures shared with the replay tests
@@ -203,13 +204,13 @@ def test_a_result_receiver_refuses_keyless_peers_before_reading_their_data(
 
 
 # Connect to a unix socket as root (its owner here) or as the account nobody; print the outcome.
-CONNECT_AS = """
+CONNECT_AS = f"""
 import os, socket, sys
 path, account = sys.argv[1:]
 if account == "nobody":
     os.setgroups([])
-    os.setresgid(65534, 65534, 65534)
-    os.setresuid(65534, 65534, 65534)
+    os.setresgid({NOBODY}, {NOBODY}, {NOBODY})
+    os.setresuid({NOBODY}, {NOBODY}, {NOBODY})
 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
     try:
         sock.connect(path)
@@ -250,7 +251,7 @@ def test_an_ipc_endpoint_is_bound_only_in_a_directory_of_its_own(tmp_path: Path)
     """A directory others may enter would let them past the missing handshake check: refused,
     with the fix, and nothing bound; the same directory, once 0700, is accepted."""
     directory = tmp_path / "sockets"
-    directory.mkdir(mode=0o755)
+    directory.mkdir()
     directory.chmod(0o755)
     endpoint = f"ipc://{directory}/ctrl"
     context = zmq.Context()

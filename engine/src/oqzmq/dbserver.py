@@ -560,7 +560,7 @@ class DbClient:
         if self._socket is None:
             self._probe()
             sock = zap.client(self._context.socket(zmq.DEALER), self._authkey, self.address)
-            self._handshake = zap.watch_handshake(sock, self.address)
+            self._handshake = zap.watch_handshake(sock)
             sock.setsockopt(zmq.LINGER, 0)
             # no connection to send on (refused at the handshake: see _send): do not block
             sock.setsockopt(zmq.SNDTIMEO, max(1, int(self.timeout * 1000)))

@@ -134,7 +134,7 @@ def connect_pool(context: zmq.Context, authkey: str, host: str, endpoint: str,
     sock = zap.client(protocol.limit(context.socket(zmq.DEALER), max_bytes), authkey, endpoint)
     sock.setsockopt(zmq.LINGER, 1000)
     sock.setsockopt(zmq.SNDTIMEO, 1000)  # then PoolHandle.send checks the handshake
-    handshake = zap.watch_handshake(sock, endpoint)
+    handshake = None if zap.is_private(endpoint) else zap.watch_handshake(sock)  # ipc: none
     sock.connect(endpoint)
     return PoolHandle(host, endpoint, sock, Signer(authkey, f"ctrl:{endpoint}"),
                       Verifier(authkey, f"ctrl-reply:{endpoint}"), handshake=handshake)

@@ -112,17 +112,14 @@ def serve(sock: zmq.Socket, authkey: str | bytes, label: str) -> zmq.Socket:
     return sock
 
 
-def watch_handshake(sock: zmq.Socket, endpoint: str) -> zmq.Socket | None:
-    """A monitor socket of a socket about to connect to ``endpoint``, to read with
-    :func:`handshake_refusal` (close it with ``sock.disable_monitor()`` and ``.close()``); None
-    for a private ipc endpoint, which has no handshake to refuse.
+def watch_handshake(sock: zmq.Socket) -> zmq.Socket:
+    """A monitor socket of a connecting socket, to read with :func:`handshake_refusal`
+    (close it with ``sock.disable_monitor()`` and ``.close()``).
 
     Only the peer's verdicts: a wrong key (AUTH) or another mechanism (PROTOCOL). A connection
     cut inside the handshake (NO_DETAIL: the peer stopping or starting) is no refusal: libzmq
     connects again, and taking it for one failed a long-lived client after a dbserver restart.
     """
-    if is_private(endpoint):
-        return None
     return sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_FAILED_AUTH
                                    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)
 
