@@ -21,6 +21,8 @@ and the slowest tasks (ansible.posix.profile_tasks) and writes every figure as J
     python bench/scale.py --rerun RUNDIR -e ANSIBLE_GATHERING=smart
                                                     # time a no-change re-run + verify again
     python bench/scale.py --clean                   # remove whatever a run left (oqs-* only)
+    python bench/scale.py --workers 2,16 -e ANSIBLE_STRATEGY=mitogen_linear
+                                                    # every ansible-playbook run with Mitogen
 
 Figures depend on the machine and on what else runs on it: the load average is recorded
 beside every figure, and the CPU time each step used (the whole machine's and the nodes'):
